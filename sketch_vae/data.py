@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import zipfile
 from typing import Sequence
 
@@ -92,7 +93,7 @@ def read_npz(path: str) -> dict[str, list[np.ndarray]]:
     raise DataError(f"{path}: no such file")
   try:
     npz = np.load(path, allow_pickle=True, encoding="latin1")
-  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+  except (zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError, EOFError) as e:
     raise DataError(f"{path}: not a readable .npz file ({e})") from None
   if not isinstance(npz, np.lib.npyio.NpzFile):
     raise DataError(f"{path}: not an .npz archive (a single .npy array?)")

@@ -1,0 +1,289 @@
+"""Recurrent cells as pure functions, swappable by name through `CELLS`.
+
+A cell is a `Cell` record of pure functions:
+  init(key, input_size) -> params
+  initial_carry(batch_shape) -> carry          (a NamedTuple; `carry.h` is the output)
+  step(params, carry, x, dropout_key=None) -> (carry, h)   (the `lax.scan` body)
+and, for speed, the same step split into a time-parallel part and a recurrent part:
+  input_kernel(params) -> (W_x [I, P], b [P])   an affine map of the input alone
+  step_projected(params, carry, xp, dropout_key=None) -> (carry, h)
+with step(p, c, x, k) == step_projected(p, c, x @ W_x + b, k). `rnn.unroll` uses
+the split to hoist x @ W_x out of the scan as one large matmul. Cells touch
+only the last axis, so one cell serves batched training and the vmapped
+sampler. A fork adds a cell with one factory and one `CELLS` entry; the
+contract tests in tests/test_cells.py pick it up.
+
+Recurrent dropout "without memory loss" (Semeniuta et al. 2016) drops units of
+the candidate tanh(j), never of c, scaled by 1 / keep like `tf.nn.dropout`;
+`dropout_key=None` means no dropout (evaluation and sampling).
+
+Shape letters: B = batch (any leading axes), I = input, H = hidden units,
+G = 4H gate pre-activations, E = hyper embedding, K = hyper units.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Params = dict
+
+
+class Cell(NamedTuple):
+  name: str
+  hidden_size: int
+  init: Callable[..., Params]
+  initial_carry: Callable[..., Any]
+  step: Callable[..., tuple]
+  input_kernel: Callable[[Params], tuple]
+  step_projected: Callable[..., tuple]
+
+
+class LSTMCarry(NamedTuple):
+  c: jax.Array
+  h: jax.Array
+
+
+class HyperCarry(NamedTuple):
+  c: jax.Array
+  h: jax.Array
+  hyper: LSTMCarry  # the small layer-norm LSTM's own state
+
+
+# ----------------------------------------------------------------------------
+# Initialisers, as in the original rnn.py / TF1 defaults.
+
+
+def glorot_uniform(key, shape):
+  """TF1's default `get_variable` initialiser (used for W_xh and the output layer)."""
+  fan_in, fan_out = (shape[0], shape[0]) if len(shape) == 1 else (shape[0], shape[1])
+  limit = np.sqrt(6.0 / (fan_in + fan_out))
+  return jax.random.uniform(key, shape, jnp.float32, -limit, limit)
+
+
+def orthogonal_gate_blocks(key, rows, hidden, blocks=4):
+  """`lstm_ortho_initializer`: each [rows, hidden] gate block orthogonal."""
+  keys = jax.random.split(key, blocks)
+  return jnp.concatenate([jax.nn.initializers.orthogonal()(k, (rows, hidden), jnp.float32)
+                          for k in keys], axis=1)
+
+
+# ----------------------------------------------------------------------------
+# Shared pieces.
+
+
+def dot(x, w, matmul_dtype=None):
+  """x @ w with optional low-precision operands and float32 accumulation."""
+  if matmul_dtype is not None and matmul_dtype != jnp.float32:
+    return jnp.dot(x.astype(matmul_dtype), w.astype(matmul_dtype),
+                   preferred_element_type=jnp.float32)
+  return jnp.dot(x, w)
+
+
+def layer_norm(x, gain, shift, epsilon=1e-3):
+  """Per-sample layer norm over the last axis (rnn.py's layer_norm, epsilon 1e-3)."""
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  centred = x - mean
+  var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+  return centred * jax.lax.rsqrt(var + epsilon) * gain + shift
+
+
+def layer_norm_gates(gates_G, gain_G, shift_G, epsilon=1e-3):
+  """Each of the 4 gate blocks normalised separately (rnn.py's layer_norm_all)."""
+  *lead, g = gates_G.shape
+  blocks = gates_G.reshape(*lead, 4, g // 4)
+  mean = jnp.mean(blocks, axis=-1, keepdims=True)
+  centred = blocks - mean
+  var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+  normed = (centred * jax.lax.rsqrt(var + epsilon)).reshape(*lead, g)
+  return normed * gain_G + shift_G
+
+
+def dropout_candidate(candidate, key, keep):
+  if key is None or keep >= 1.0:
+    return candidate
+  mask = jax.random.bernoulli(key, keep, candidate.shape)
+  return jnp.where(mask, candidate / keep, 0.0)
+
+
+def lstm_update(c, gates_G, dropout_key, keep, forget_bias):
+  """Gates in the original's order i, j, f, o -> (new_c, o_gate)."""
+  i, j, f, o = jnp.split(gates_G, 4, axis=-1)
+  candidate = dropout_candidate(jnp.tanh(j), dropout_key, keep)
+  new_c = c * jax.nn.sigmoid(f + forget_bias) + jax.nn.sigmoid(i) * candidate
+  return new_c, o
+
+
+def _zeros_carry(hidden):
+  def initial_carry(batch_shape=()):
+    z = jnp.zeros(tuple(batch_shape) + (hidden,), jnp.float32)
+    return LSTMCarry(c=z, h=z)
+  return initial_carry
+
+
+def _compose_step(input_kernel, step_projected, matmul_dtype):
+  def step(params, carry, x, dropout_key=None):
+    w_x, b = input_kernel(params)
+    return step_projected(params, carry, dot(x, w_x, matmul_dtype) + b, dropout_key)
+  return step
+
+
+# ----------------------------------------------------------------------------
+# LSTM (rnn.py LSTMCell): one matmul on concat(x, h), forget bias 1 at call time.
+
+
+def lstm(hidden_size: int, *, forget_bias: float = 1.0, dropout_keep: float = 0.9,
+         matmul_dtype=None) -> Cell:
+  H = hidden_size
+
+  def init(key, input_size):
+    kx, kh = jax.random.split(key)
+    return {"w_x": glorot_uniform(kx, (input_size, 4 * H)),
+            "w_h": orthogonal_gate_blocks(kh, H, H),
+            "b": jnp.zeros((4 * H,), jnp.float32)}
+
+  def input_kernel(params):
+    return params["w_x"], params["b"]
+
+  def step_projected(params, carry, xp_G, dropout_key=None):
+    gates = xp_G + dot(carry.h, params["w_h"], matmul_dtype)
+    c, o = lstm_update(carry.c, gates, dropout_key, dropout_keep, forget_bias)
+    h = jnp.tanh(c) * jax.nn.sigmoid(o)
+    return LSTMCarry(c=c, h=h), h
+
+  return Cell("lstm", H, init, _zeros_carry(H), _compose_step(input_kernel, step_projected, matmul_dtype),
+              input_kernel, step_projected)
+
+
+# ----------------------------------------------------------------------------
+# Layer-norm LSTM (rnn.py LayerNormLSTMCell): no gate bias; each gate block
+# normalised; output tanh(LN(c')) * sigmoid(o).
+
+
+def layer_norm_lstm(hidden_size: int, *, forget_bias: float = 1.0, dropout_keep: float = 0.9,
+                    matmul_dtype=None) -> Cell:
+  H = hidden_size
+
+  def init(key, input_size):
+    kx, kh = jax.random.split(key)
+    return {"w_x": glorot_uniform(kx, (input_size, 4 * H)),
+            "w_h": orthogonal_gate_blocks(kh, H, H),
+            "ln_gates_gain": jnp.ones((4 * H,), jnp.float32),
+            "ln_gates_shift": jnp.zeros((4 * H,), jnp.float32),
+            "ln_c_gain": jnp.ones((H,), jnp.float32),
+            "ln_c_shift": jnp.zeros((H,), jnp.float32)}
+
+  def input_kernel(params):
+    return params["w_x"], jnp.zeros((4 * H,), jnp.float32)
+
+  def step_projected(params, carry, xp_G, dropout_key=None):
+    gates = xp_G + dot(carry.h, params["w_h"], matmul_dtype)
+    gates = layer_norm_gates(gates, params["ln_gates_gain"], params["ln_gates_shift"])
+    c, o = lstm_update(carry.c, gates, dropout_key, dropout_keep, forget_bias)
+    h = jnp.tanh(layer_norm(c, params["ln_c_gain"], params["ln_c_shift"])) * jax.nn.sigmoid(o)
+    return LSTMCarry(c=c, h=h), h
+
+  return Cell("layer_norm", H, init, _zeros_carry(H),
+              _compose_step(input_kernel, step_projected, matmul_dtype), input_kernel, step_projected)
+
+
+# ----------------------------------------------------------------------------
+# HyperLSTM (Ha, Dai & Le 2016; rnn.py HyperLSTMCell with use_layer_norm=True).
+
+
+def hyper_lstm(hidden_size: int, *, hyper_num_units: int = 256, hyper_embedding_size: int = 32,
+               forget_bias: float = 1.0, dropout_keep: float = 0.9,
+               hyper_use_recurrent_dropout: bool = False, matmul_dtype=None) -> Cell:
+  """A layer-norm LSTM of K units reads concat(x, h) and scales the main cell's gates.
+
+  Per gate and per path (x and h), as the original's `hyper_norm`:
+    z_w = hyper_h @ W_zw + b_zw   (W_zw = 0, b_zw = 1 at init)
+    alpha = z_w @ W_alpha         (W_alpha = 0.1 / E at init; "Cooijmans' trick")
+    path' = alpha * path
+  and on the h path only a dynamic bias beta = (hyper_h @ W_zb) @ W_beta with
+  W_zb ~ N(0, 0.01) and W_beta = 0, so it starts at 0. The four gates' eight
+  embeddings are stored stacked ([4, ...]) and computed in one einsum each.
+  """
+  H, K, E = hidden_size, hyper_num_units, hyper_embedding_size
+  hyper_cell = layer_norm_lstm(K, forget_bias=forget_bias, dropout_keep=dropout_keep,
+                               matmul_dtype=matmul_dtype)
+  hyper_keep = dropout_keep if hyper_use_recurrent_dropout else 1.0
+
+  def init(key, input_size):
+    k = jax.random.split(key, 5)
+    return {
+        "w_x": glorot_uniform(k[0], (input_size, 4 * H)),
+        "w_h": orthogonal_gate_blocks(k[1], H, H),
+        "b": jnp.zeros((4 * H,), jnp.float32),
+        "hyper": hyper_cell.init(k[2], input_size + H),
+        # x path: scaling only. h path: scaling and dynamic bias. Axis 0 = gate i, j, f, o.
+        "x_zw": jnp.zeros((4, K, E), jnp.float32),
+        "x_zw_b": jnp.ones((4, E), jnp.float32),
+        "x_alpha": jnp.full((4, E, H), 0.1 / E, jnp.float32),
+        "h_zw": jnp.zeros((4, K, E), jnp.float32),
+        "h_zw_b": jnp.ones((4, E), jnp.float32),
+        "h_alpha": jnp.full((4, E, H), 0.1 / E, jnp.float32),
+        "h_zb": 0.01 * jax.random.normal(k[3], (4, K, E), jnp.float32),
+        "h_beta": jnp.zeros((4, E, H), jnp.float32),
+        "ln_gates_gain": jnp.ones((4 * H,), jnp.float32),
+        "ln_gates_shift": jnp.zeros((4 * H,), jnp.float32),
+        "ln_c_gain": jnp.ones((H,), jnp.float32),
+        "ln_c_shift": jnp.zeros((H,), jnp.float32),
+    }
+
+  def initial_carry(batch_shape=()):
+    main = _zeros_carry(H)(batch_shape)
+    return HyperCarry(c=main.c, h=main.h, hyper=hyper_cell.initial_carry(batch_shape))
+
+  def input_kernel(params):
+    # x feeds the main cell (W_x) and the hyper cell's input rows for x.
+    input_size = params["w_x"].shape[0]
+    w_hyper_x = params["hyper"]["w_x"][:input_size]
+    w = jnp.concatenate([params["w_x"], w_hyper_x], axis=1)
+    # No bias here: the static bias is added after the hyper scaling (as rnn.py).
+    return w, jnp.zeros((4 * H + 4 * K,), jnp.float32)
+
+  def _scale(hyper_h, zw, zw_b, alpha, path_G):
+    """alpha * path, per gate: [..., 4, H] scaling from [..., K] hyper output."""
+    z = jnp.einsum("...k,gke->...ge", hyper_h, zw) + zw_b
+    scale = jnp.einsum("...ge,geh->...gh", z, alpha)
+    path = path_G.reshape(*path_G.shape[:-1], 4, H)
+    return scale * path
+
+  def step_projected(params, carry, xp, dropout_key=None):
+    input_size = params["w_x"].shape[0]
+    xh_G, hyper_xp = xp[..., :4 * H], xp[..., 4 * H:]
+    # The hyper cell reads concat(x, h_prev): its x rows were projected already.
+    hyper_xp = hyper_xp + dot(carry.h, params["hyper"]["w_x"][input_size:], matmul_dtype)
+    hyper_key = None if (dropout_key is None or hyper_keep >= 1.0) else jax.random.fold_in(dropout_key, 1)
+    hyper_carry, hyper_h = hyper_cell.step_projected(params["hyper"], carry.hyper, hyper_xp, hyper_key)
+    hh_G = dot(carry.h, params["w_h"], matmul_dtype)
+    x_part = _scale(hyper_h, params["x_zw"], params["x_zw_b"], params["x_alpha"], xh_G)
+    h_part = _scale(hyper_h, params["h_zw"], params["h_zw_b"], params["h_alpha"], hh_G)
+    zb = jnp.einsum("...k,gke->...ge", hyper_h, params["h_zb"])
+    beta = jnp.einsum("...ge,geh->...gh", zb, params["h_beta"])
+    gates = (x_part + h_part + beta).reshape(*xh_G.shape[:-1], 4 * H) + params["b"]
+    gates = layer_norm_gates(gates, params["ln_gates_gain"], params["ln_gates_shift"])
+    main_key = None if dropout_key is None else jax.random.fold_in(dropout_key, 0)
+    c, o = lstm_update(carry.c, gates, main_key, dropout_keep, forget_bias)
+    h = jnp.tanh(layer_norm(c, params["ln_c_gain"], params["ln_c_shift"])) * jax.nn.sigmoid(o)
+    return HyperCarry(c=c, h=h, hyper=hyper_carry), h
+
+  return Cell("hyper", H, init, initial_carry, _compose_step(input_kernel, step_projected, matmul_dtype),
+              input_kernel, step_projected)
+
+
+CELLS: dict[str, Callable[..., Cell]] = {
+    "lstm": lstm,
+    "layer_norm": layer_norm_lstm,
+    "hyper": hyper_lstm,
+}
+
+
+def make(name: str, hidden_size: int, **options) -> Cell:
+  """CELLS[name](hidden_size, **options), with a clear error for unknown names."""
+  if name not in CELLS:
+    raise ValueError(f"unknown cell {name!r}; choose one of {sorted(CELLS)}")
+  return CELLS[name](hidden_size, **options)
