@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sketch_vae import keys as keys_lib
+
 Params = dict
 
 
@@ -102,9 +104,10 @@ def layer_norm_gates(gates_G, gain_G, shift_G, epsilon=1e-3):
 
 
 def dropout_candidate(candidate, key, keep):
+  """Inverted dropout on the candidate; `key` is one key or one per row (keys.py)."""
   if key is None or keep >= 1.0:
     return candidate
-  mask = jax.random.bernoulli(key, keep, candidate.shape)
+  mask = keys_lib.keep_mask(key, keep, candidate.shape)
   return jnp.where(mask, candidate / keep, 0.0)
 
 
@@ -257,7 +260,7 @@ def hyper_lstm(hidden_size: int, *, hyper_num_units: int = 256, hyper_embedding_
     xh_G, hyper_xp = xp[..., :4 * H], xp[..., 4 * H:]
     # The hyper cell reads concat(x, h_prev): its x rows were projected already.
     hyper_xp = hyper_xp + dot(carry.h, params["hyper"]["w_x"][input_size:], matmul_dtype)
-    hyper_key = None if (dropout_key is None or hyper_keep >= 1.0) else jax.random.fold_in(dropout_key, 1)
+    hyper_key = None if (dropout_key is None or hyper_keep >= 1.0) else keys_lib.fold_in(dropout_key, 1)
     hyper_carry, hyper_h = hyper_cell.step_projected(params["hyper"], carry.hyper, hyper_xp, hyper_key)
     hh_G = dot(carry.h, params["w_h"], matmul_dtype)
     x_part = _scale(hyper_h, params["x_zw"], params["x_zw_b"], params["x_alpha"], xh_G)
@@ -266,7 +269,7 @@ def hyper_lstm(hidden_size: int, *, hyper_num_units: int = 256, hyper_embedding_
     beta = jnp.einsum("...ge,geh->...gh", zb, params["h_beta"])
     gates = (x_part + h_part + beta).reshape(*xh_G.shape[:-1], 4 * H) + params["b"]
     gates = layer_norm_gates(gates, params["ln_gates_gain"], params["ln_gates_shift"])
-    main_key = None if dropout_key is None else jax.random.fold_in(dropout_key, 0)
+    main_key = None if dropout_key is None else keys_lib.fold_in(dropout_key, 0)
     c, o = lstm_update(carry.c, gates, main_key, dropout_keep, forget_bias)
     h = jnp.tanh(layer_norm(c, params["ln_c_gain"], params["ln_c_shift"])) * jax.nn.sigmoid(o)
     return HyperCarry(c=c, h=h, hyper=hyper_carry), h

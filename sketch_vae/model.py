@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sketch_vae import cells as cells_lib
+from sketch_vae import keys as keys_lib
 from sketch_vae import mdn
 from sketch_vae import rnn
 
@@ -116,7 +117,10 @@ class Encoded(NamedTuple):
 
 
 def encode(spec: ModelSpec, params, strokes_BxTx5, lengths_B, key, *, dropout_key=None) -> Encoded:
-  """Bidirectional encoder over rows 1..n of each sketch, then z = mu + sigma * eps."""
+  """Bidirectional encoder over rows 1..n of each sketch, then z = mu + sigma * eps.
+
+  `key` (eps) and `dropout_key` are one key or one key per sketch (keys.py).
+  """
   enc = params["encoder"]
   xs_NxBx5 = jnp.swapaxes(strokes_BxTx5[:, 1:], 0, 1)
   if not spec.use_recurrent_dropout:
@@ -125,7 +129,10 @@ def encode(spec: ModelSpec, params, strokes_BxTx5, lengths_B, key, *, dropout_ke
                               dropout_key=dropout_key, matmul_dtype=spec.dtype, remat=spec.remat)
   mu = h @ enc["mu_w"] + enc["mu_b"]
   presig = h @ enc["presig_w"] + enc["presig_b"]
-  eps = jax.random.normal(key, mu.shape, jnp.float32)
+  if key.shape == ():
+    eps = jax.random.normal(key, mu.shape, jnp.float32)
+  else:
+    eps = jax.vmap(lambda k: jax.random.normal(k, mu.shape[-1:], jnp.float32))(key)
   return Encoded(z=mu + jnp.exp(presig / 2.0) * eps, mu=mu, presig=presig)
 
 
@@ -138,40 +145,41 @@ def initial_carry(spec: ModelSpec, params, z_BxZ, batch_shape):
   return carry_from_flat(cell, jnp.tanh(z_BxZ @ dec["init_w"] + dec["init_b"]))
 
 
-def _dropout(x, key, keep):
-  mask = jax.random.bernoulli(key, keep, x.shape)
-  return jnp.where(mask, x / keep, 0.0)
+def _dropout(x_BxNxF, keys, keep):
+  mask = keys_lib.keep_mask(keys, keep, x_BxNxF.shape)
+  return jnp.where(mask, x_BxNxF / keep, 0.0)
 
 
 def decode(spec: ModelSpec, params, z_BxZ, inputs_BxNx5, *, carry=None, dropout_key=None):
   """Teacher-forced decoder: step i reads concat(S_{i-1}, z) -> (raw head outputs [B, N, Y], carry).
 
   `carry` overrides the z-derived initial state (used to continue a sketch).
-  `dropout_key` switches on the dropouts the spec asks for: recurrent, and
-  input / output dropout wrapped around the cell as the original's
-  DropoutWrapper (whose input dropout covers concat(S, z), so z is then fed
-  per step instead of projected once).
+  `dropout_key` (one key, or one per sketch) switches on the dropouts the spec
+  asks for: recurrent, and input / output dropout wrapped around the cell as
+  the original's DropoutWrapper (whose input dropout covers concat(S, z), so z
+  is then fed per step instead of being projected once).
   """
   B = inputs_BxNx5.shape[0]
   dec = params["decoder"]
   if carry is None:
     carry = initial_carry(spec, params, z_BxZ, (B,))
-  k_rec, k_in, k_out = jax.random.split(dropout_key, 3) if dropout_key is not None else (None,) * 3
-  xs_NxBxI = jnp.swapaxes(inputs_BxNx5, 0, 1)
+  k_rec, k_in, k_out = keys_lib.split(dropout_key, 3) if dropout_key is not None else (None,) * 3
+  inputs_BxNxI = inputs_BxNx5
   static = z_BxZ if spec.conditional else None
   if spec.use_input_dropout and k_in is not None:
     if static is not None:
-      xs_NxBxI = jnp.concatenate(
-          [xs_NxBxI, jnp.broadcast_to(static, xs_NxBxI.shape[:2] + static.shape[-1:])], axis=-1)
+      tiled = jnp.broadcast_to(static[:, None, :], inputs_BxNx5.shape[:2] + static.shape[-1:])
+      inputs_BxNxI = jnp.concatenate([inputs_BxNx5, tiled], axis=-1)
       static = None
-    xs_NxBxI = _dropout(xs_NxBxI, k_in, spec.input_dropout_prob)
-  carry, hs_NxBxH = rnn.unroll(spec.dec_cell, dec["rnn"], carry, xs_NxBxI, static_BxJ=static,
+    inputs_BxNxI = _dropout(inputs_BxNxI, k_in, spec.input_dropout_prob)
+  carry, hs_NxBxH = rnn.unroll(spec.dec_cell, dec["rnn"], carry, jnp.swapaxes(inputs_BxNxI, 0, 1),
+                               static_BxJ=static,
                                dropout_key=k_rec if spec.use_recurrent_dropout else None,
                                matmul_dtype=spec.dtype, remat=spec.remat)
+  hs_BxNxH = jnp.swapaxes(hs_NxBxH, 0, 1)
   if spec.use_output_dropout and k_out is not None:
-    hs_NxBxH = _dropout(hs_NxBxH, k_out, spec.output_dropout_prob)
-  y_NxBxY = cells_lib.dot(hs_NxBxH, dec["out_w"], spec.dtype) + dec["out_b"]
-  return jnp.swapaxes(y_NxBxY, 0, 1), carry
+    hs_BxNxH = _dropout(hs_BxNxH, k_out, spec.output_dropout_prob)
+  return cells_lib.dot(hs_BxNxH, dec["out_w"], spec.dtype) + dec["out_b"], carry
 
 
 class Forward(NamedTuple):
@@ -180,8 +188,12 @@ class Forward(NamedTuple):
 
 
 def forward(spec: ModelSpec, params, strokes_BxTx5, lengths_B, key, *, train: bool) -> Forward:
-  """Encode (if conditional), decode rows 0..N-1, return the mixture predicting rows 1..N."""
-  k_eps, k_enc, k_dec = jax.random.split(key, 3)
+  """Encode (if conditional), decode rows 0..N-1, return the mixture predicting rows 1..N.
+
+  `key` is one key or one key per sketch; with per-sketch keys a row's
+  randomness does not depend on which other rows share its batch.
+  """
+  k_eps, k_enc, k_dec = keys_lib.split(key, 3)
   encoded = None
   z = None
   if spec.conditional:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from sketch_vae import cells as cells_lib
+from sketch_vae import keys as keys_lib
 
 
 def unroll(cell: cells_lib.Cell, params, carry, xs_TxBxI, *, static_BxJ=None,
@@ -26,7 +27,7 @@ def unroll(cell: cells_lib.Cell, params, carry, xs_TxBxI, *, static_BxJ=None,
 
   Where `mask_TxB` is False the carry is held, so a padded sequence ends in the
   state reached at its own length. Per-step dropout keys are
-  fold_in(dropout_key, t). With `remat`, the scan body is rematerialised in the
+  fold_in(dropout_key, t) (one key, or one per row: see keys.py). With `remat`, the scan body is rematerialised in the
   backward pass (less memory for long sequences, about a third more compute).
 
   Returns (final carry, outputs h [T, B, H]).
@@ -42,7 +43,7 @@ def unroll(cell: cells_lib.Cell, params, carry, xs_TxBxI, *, static_BxJ=None,
 
   def body(carry, inputs):
     t, xp_BxP, mask_B = inputs
-    key = None if dropout_key is None else jax.random.fold_in(dropout_key, t)
+    key = None if dropout_key is None else keys_lib.fold_in(dropout_key, t)
     new_carry, h = cell.step_projected(params, carry, xp_BxP + xp_static, key)
     keep = mask_B[..., None]
     new_carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry)
@@ -74,7 +75,7 @@ def bidirectional_final(cell: cells_lib.Cell, params_2, xs_TxBxI, lengths_B, *,
   xs_2xTxBxI = jnp.stack([xs_TxBxI, xs_TxBxI[::-1]])
   mask_2xTxB = jnp.stack([mask_TxB, mask_TxB[::-1]])
   carry_2 = cell.initial_carry((2, B))
-  keys = None if dropout_key is None else jax.random.split(dropout_key, 2)
+  keys = None if dropout_key is None else keys_lib.split(dropout_key, 2)
 
   def one_direction(params, carry, xs, mask, key):
     final, _ = unroll(cell, params, carry, xs, dropout_key=key, mask_TxB=mask,

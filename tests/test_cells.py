@@ -88,10 +88,10 @@ def f64(tree):
 @pytest.mark.parametrize("name", ["lstm", "layer_norm", "hyper"])
 def test_step_matches_numpy_float64(name):
   cell = make(name)
-  key = jax.random.PRNGKey(0)
+  key = jax.random.key(0)
   params = random_params(cell, key)
-  carry = random_carry(cell, jax.random.PRNGKey(1))
-  x = jax.random.normal(jax.random.PRNGKey(2), (B, I))
+  carry = random_carry(cell, jax.random.key(1))
+  x = jax.random.normal(jax.random.key(2), (B, I))
   new_carry, h = jax.jit(cell.step)(params, carry, x)
   p, cr, xn = f64(params), f64(carry), np.asarray(x, np.float64)
   if name == "lstm":
@@ -109,14 +109,14 @@ def test_step_matches_numpy_float64(name):
 
 
 def test_original_initialisations():
-  lstm = make("lstm").init(jax.random.PRNGKey(0), 133)
+  lstm = make("lstm").init(jax.random.key(0), 133)
   for k in range(4):  # W_hh: each gate block orthogonal
     block = np.asarray(lstm["w_h"][:, k * H:(k + 1) * H], np.float64)
     np.testing.assert_allclose(block.T @ block, np.eye(H), atol=1e-5)
   limit = np.sqrt(6 / (133 + 4 * H))
   assert np.abs(lstm["w_x"]).max() <= limit and np.abs(lstm["w_x"]).max() > 0.9 * limit
   assert np.all(lstm["b"] == 0)
-  hyper = make("hyper").init(jax.random.PRNGKey(0), I)
+  hyper = make("hyper").init(jax.random.key(0), I)
   np.testing.assert_array_equal(hyper["x_zw"], 0)
   np.testing.assert_array_equal(hyper["h_zw_b"], 1)
   np.testing.assert_allclose(hyper["x_alpha"], 0.1 / E)
@@ -134,9 +134,9 @@ ALL = sorted(cells.CELLS)
 @pytest.mark.parametrize("name", ALL)
 def test_contract_carry_structure_and_projection_split(name):
   cell = make(name)
-  params = random_params(cell, jax.random.PRNGKey(0))
-  carry = random_carry(cell, jax.random.PRNGKey(1))
-  x = jax.random.normal(jax.random.PRNGKey(2), (B, I))
+  params = random_params(cell, jax.random.key(0))
+  carry = random_carry(cell, jax.random.key(1))
+  x = jax.random.normal(jax.random.key(2), (B, I))
   new, h = cell.step(params, carry, x)
   assert jax.tree.structure(new) == jax.tree.structure(carry)
   assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(carry)))
@@ -149,9 +149,9 @@ def test_contract_carry_structure_and_projection_split(name):
 @pytest.mark.parametrize("name", ALL)
 def test_contract_batched_equals_vmapped_unbatched(name):
   cell = make(name)
-  params = random_params(cell, jax.random.PRNGKey(0))
-  carry = random_carry(cell, jax.random.PRNGKey(1))
-  x = jax.random.normal(jax.random.PRNGKey(2), (B, I))
+  params = random_params(cell, jax.random.key(0))
+  carry = random_carry(cell, jax.random.key(1))
+  x = jax.random.normal(jax.random.key(2), (B, I))
   batched, _ = cell.step(params, carry, x)
   unbatched, _ = jax.vmap(cell.step, in_axes=(None, 0, 0))(params, carry, x)
   for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(unbatched)):
@@ -164,13 +164,13 @@ def test_contract_batched_equals_vmapped_unbatched(name):
 @pytest.mark.parametrize("name", ALL)
 def test_contract_scan_equals_python_loop(name):
   cell = make(name)
-  params = random_params(cell, jax.random.PRNGKey(0))
-  carry0 = random_carry(cell, jax.random.PRNGKey(1))
-  xs = jax.random.normal(jax.random.PRNGKey(2), (5, B, I))
-  static = jax.random.normal(jax.random.PRNGKey(3), (B, 2))
+  params = random_params(cell, jax.random.key(0))
+  carry0 = random_carry(cell, jax.random.key(1))
+  xs = jax.random.normal(jax.random.key(2), (5, B, I))
+  static = jax.random.normal(jax.random.key(3), (B, 2))
   # Input = concat(x_t, static): the cell is built for I inputs, so split I = 5 + 2.
   xs5 = xs[..., :5]
-  key = jax.random.PRNGKey(9)
+  key = jax.random.key(9)
   final, hs = rnn.unroll(cell, params, carry0, xs5, static_BxJ=static, dropout_key=key)
   carry = carry0
   for t in range(5):
@@ -184,10 +184,10 @@ def test_contract_scan_equals_python_loop(name):
 @pytest.mark.parametrize("name", ALL)
 def test_contract_dropout_deterministic_per_key(name):
   cell = make(name, dropout_keep=0.5)
-  params = random_params(cell, jax.random.PRNGKey(0))
-  carry = random_carry(cell, jax.random.PRNGKey(1))
-  x = jax.random.normal(jax.random.PRNGKey(2), (B, I))
-  k1, k2 = jax.random.PRNGKey(10), jax.random.PRNGKey(11)
+  params = random_params(cell, jax.random.key(0))
+  carry = random_carry(cell, jax.random.key(1))
+  x = jax.random.normal(jax.random.key(2), (B, I))
+  k1, k2 = jax.random.key(10), jax.random.key(11)
   a, _ = cell.step(params, carry, x, k1)
   b, _ = cell.step(params, carry, x, k1)
   c, _ = cell.step(params, carry, x, k2)
@@ -200,12 +200,12 @@ def test_contract_dropout_deterministic_per_key(name):
 @pytest.mark.parametrize("name", ALL)
 def test_contract_gradients_finite_and_nonzero(name):
   cell = make(name)
-  params = random_params(cell, jax.random.PRNGKey(0))
+  params = random_params(cell, jax.random.key(0))
   carry = cell.initial_carry((B,))
-  xs = jax.random.normal(jax.random.PRNGKey(2), (6, B, I))
+  xs = jax.random.normal(jax.random.key(2), (6, B, I))
 
   def loss(p):
-    final, hs = rnn.unroll(cell, p, carry, xs, dropout_key=jax.random.PRNGKey(5))
+    final, hs = rnn.unroll(cell, p, carry, xs, dropout_key=jax.random.key(5))
     return jnp.sum(hs ** 2) + jnp.sum(final.c)
 
   grads = jax.grad(loss)(params)

@@ -20,15 +20,15 @@ def sheep():
 @pytest.mark.parametrize("cell", ["lstm", "layer_norm", "hyper"])
 def test_encoder_on_padded_batch_equals_each_sketch_alone(sheep, cell):
   spec = model.ModelSpec(enc_model=cell, dec_model="lstm", **SMALL)
-  params = model.init(spec, jax.random.PRNGKey(0))
+  params = model.init(spec, jax.random.key(0))
   # Make the encoder's output sensitive to everything (the 0.001 init hides errors).
   params["encoder"]["mu_w"] = params["encoder"]["mu_w"] * 1000
   batch, lengths = strokes.pad_batch(sheep, 80)
-  enc = jax.jit(lambda x, l: model.encode(spec, params, x, l, jax.random.PRNGKey(1)))
+  enc = jax.jit(lambda x, l: model.encode(spec, params, x, l, jax.random.key(1)))
   together = enc(batch, lengths)
   for i, s in enumerate(sheep):
     alone_x, alone_l = strokes.pad_batch([s], len(s))  # no padding at all
-    alone = model.encode(spec, params, alone_x, alone_l, jax.random.PRNGKey(1))
+    alone = model.encode(spec, params, alone_x, alone_l, jax.random.key(1))
     np.testing.assert_allclose(together.mu[i], alone.mu[0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(together.presig[i], alone.presig[0], rtol=1e-4, atol=1e-6)
   # And the padding is really ignored: garbage after each length changes nothing.
@@ -41,7 +41,7 @@ def test_encoder_on_padded_batch_equals_each_sketch_alone(sheep, cell):
 def test_backward_direction_reads_valid_part_reversed(sheep):
   """Swapping forward/backward weights and reversing the sketch swaps the two halves."""
   spec = model.ModelSpec(**SMALL)
-  params = model.init(spec, jax.random.PRNGKey(0))
+  params = model.init(spec, jax.random.key(0))
   from sketch_vae import rnn
   s = sheep[0]
   x, l = strokes.pad_batch([s], 80)
@@ -60,9 +60,9 @@ def test_backward_direction_reads_valid_part_reversed(sheep):
 @pytest.mark.parametrize("cell", ["lstm", "hyper"])
 def test_decoder_causality(cell):
   spec = model.ModelSpec(dec_model=cell, **SMALL)
-  params = model.init(spec, jax.random.PRNGKey(0))
-  z = jax.random.normal(jax.random.PRNGKey(1), (2, spec.z_size))
-  inputs = jax.random.normal(jax.random.PRNGKey(2), (2, 12, 5))
+  params = model.init(spec, jax.random.key(0))
+  z = jax.random.normal(jax.random.key(1), (2, spec.z_size))
+  inputs = jax.random.normal(jax.random.key(2), (2, 12, 5))
   t = 6
 
   def out_at_t(inp):
@@ -77,8 +77,8 @@ def test_decoder_causality(cell):
 @pytest.mark.parametrize("cell", ["lstm", "layer_norm", "hyper"])
 def test_initial_carry_is_tanh_of_affine_z(cell):
   spec = model.ModelSpec(dec_model=cell, **SMALL)
-  params = model.init(spec, jax.random.PRNGKey(0))
-  z = jax.random.normal(jax.random.PRNGKey(1), (3, spec.z_size))
+  params = model.init(spec, jax.random.key(0))
+  z = jax.random.normal(jax.random.key(1), (3, spec.z_size))
   carry = model.initial_carry(spec, params, z, (3,))
   flat = np.concatenate([np.asarray(leaf) for leaf in jax.tree.leaves(carry)], -1)
   expected = np.tanh(np.asarray(z, np.float64) @ np.asarray(params["decoder"]["init_w"], np.float64)
@@ -90,9 +90,9 @@ def test_initial_carry_is_tanh_of_affine_z(cell):
 def test_decoder_input_is_stroke_and_z_at_every_step():
   """The hoisted z projection gives the same outputs as feeding concat(S, z) per step."""
   spec = model.ModelSpec(**SMALL)
-  params = model.init(spec, jax.random.PRNGKey(0))
-  z = jax.random.normal(jax.random.PRNGKey(1), (2, spec.z_size))
-  inputs = jax.random.normal(jax.random.PRNGKey(2), (2, 7, 5))
+  params = model.init(spec, jax.random.key(0))
+  z = jax.random.normal(jax.random.key(1), (2, spec.z_size))
+  inputs = jax.random.normal(jax.random.key(2), (2, 7, 5))
   y, _ = model.decode(spec, params, z, inputs)
   cell = spec.dec_cell
   carry = model.initial_carry(spec, params, z, (2,))
@@ -104,10 +104,10 @@ def test_decoder_input_is_stroke_and_z_at_every_step():
 
 def test_unconditional_model_has_no_encoder_and_zero_state():
   spec = model.ModelSpec(conditional=False, **SMALL)
-  params = model.init(spec, jax.random.PRNGKey(0))
+  params = model.init(spec, jax.random.key(0))
   assert "encoder" not in params and "init_w" not in params["decoder"]
   x = jnp.zeros((2, 9, 5)).at[:, :, 4].set(1.0)
-  out = model.forward(spec, params, x, jnp.array([0, 0]), jax.random.PRNGKey(1), train=False)
+  out = model.forward(spec, params, x, jnp.array([0, 0]), jax.random.key(1), train=False)
   assert out.encoded is None
   # First step from the zero state: h = 0 so y = W_x-path only -> out_b + ...; compare to a manual step.
   cell = spec.dec_cell
@@ -118,7 +118,7 @@ def test_unconditional_model_has_no_encoder_and_zero_state():
 
 def test_projection_init_scales():
   spec = model.ModelSpec()
-  params = model.init(spec, jax.random.PRNGKey(0))
+  params = model.init(spec, jax.random.key(0))
   for name in ("mu_w", "presig_w"):
     assert 0.0009 < float(jnp.std(params["encoder"][name])) < 0.0011
   assert 0.0009 < float(jnp.std(params["decoder"]["init_w"])) < 0.0011

@@ -1,0 +1,154 @@
+"""Orbax checkpoints (latest and best-by-validation), with the config and data facts beside them.
+
+Workdir layout:
+  config.json        the run's Config (model spec + training hyperparameters)
+  data_facts.json    scale factor and N_max the model was trained with
+  dataset.json       the data files it was trained on
+  checkpoints/latest/<step>/   the newest states (Orbax, atomic: written to a
+                               temporary directory, renamed when complete)
+  checkpoints/best/<step>/     the state with the best validation loss so far
+
+Orbax finalises a step by renaming its temporary directory, so a process killed
+mid-save leaves no half-written step behind: the next run restores the last
+complete one and cleans up the rest. Only process 0 writes; every process can
+read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from sketch_vae.config import Config
+from sketch_vae.data import DataFacts
+
+CONFIG_FILE = "config.json"
+FACTS_FILE = "data_facts.json"
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Write to a temporary file in the same directory, then rename over `path`."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+  with os.fdopen(fd, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def save_run_files(workdir: str, config: Config, facts: DataFacts, sources=()) -> None:
+  write_text_atomic(os.path.join(workdir, CONFIG_FILE), config.to_json())
+  write_text_atomic(os.path.join(workdir, FACTS_FILE), facts.to_json())
+  if sources:
+    write_text_atomic(os.path.join(workdir, "dataset.json"),
+                      json.dumps({"sources": [os.path.abspath(s) for s in sources]}, indent=2))
+
+
+def load_run_files(workdir: str) -> tuple[Config, DataFacts]:
+  cfg_path, facts_path = os.path.join(workdir, CONFIG_FILE), os.path.join(workdir, FACTS_FILE)
+  for path in (cfg_path, facts_path):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found: {workdir} is not a sketch_vae workdir "
+                              f"(train a model there, or import one with experiments.import_js)")
+  with open(cfg_path) as f:
+    config = Config.from_json(f.read())
+  with open(facts_path) as f:
+    facts = DataFacts.from_json(f.read())
+  return config, facts
+
+
+def _manager(directory: str, max_to_keep: int, writer: bool) -> ocp.CheckpointManager:
+  index = jax.process_index()
+  if writer:
+    os.makedirs(directory, exist_ok=True)  # Orbax will not create it with active_processes set
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep if writer else None, create=False, cleanup_tmp_directories=writer,
+      enable_async_checkpointing=False, read_only=not writer,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          primary_host=index, active_processes={index}))
+  return ocp.CheckpointManager(directory, options=options)
+
+
+class Checkpoints:
+  """Latest and best states of one workdir."""
+
+  def __init__(self, workdir: str, *, writer: Optional[bool] = None):
+    self.workdir = os.path.abspath(workdir)
+    self.writer = (jax.process_index() == 0) if writer is None else writer
+    root = os.path.join(self.workdir, "checkpoints")
+    if not self.writer and not os.path.isdir(root):
+      raise FileNotFoundError(f"no checkpoints in {self.workdir}")
+    self.latest = _manager(os.path.join(root, "latest"), 2, self.writer)
+    self.best = _manager(os.path.join(root, "best"), 1, self.writer)
+
+  def latest_step(self) -> Optional[int]:
+    return self.latest.latest_step()
+
+  def best_step(self) -> Optional[int]:
+    return self.best.latest_step()
+
+  def best_metric(self) -> Optional[float]:
+    step = self.best_step()
+    if step is None:
+      return None
+    path = os.path.join(self.workdir, "checkpoints", "best", str(step), "best.json")
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      return float(json.load(f)["valid_loss"])
+
+  def save_latest(self, step: int, state_host: Any) -> None:
+    if self.writer:
+      self.latest.save(step, args=ocp.args.StandardSave(state_host), force=True)
+      self.latest.wait_until_finished()
+
+  def save_best(self, step: int, state_host: Any, valid_loss: float) -> None:
+    if not self.writer:
+      return
+    self.best.save(step, args=ocp.args.StandardSave(state_host), force=True)
+    self.best.wait_until_finished()
+    write_text_atomic(os.path.join(self.workdir, "checkpoints", "best", str(step), "best.json"),
+                      json.dumps({"step": step, "valid_loss": valid_loss}))
+
+  def restore(self, target: Any, which: str = "latest") -> tuple[int, Any]:
+    """Restores `which` = 'latest', 'best' or a step number, shaped like `target`."""
+    if which in ("latest", "best"):
+      manager = self.latest if which == "latest" else self.best
+      step = manager.latest_step()
+      if step is None and which == "best":  # a run too short to have validated
+        manager, step = self.latest, self.latest.latest_step()
+    else:
+      step = int(which)
+      manager = self.latest if step in self.latest.all_steps() else self.best
+      if step not in manager.all_steps():
+        raise FileNotFoundError(f"no checkpoint for step {step} in {self.workdir}; have "
+                                f"{sorted(set(self.latest.all_steps()) | set(self.best.all_steps()))}")
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.workdir}")
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), target)
+    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    return step, restored
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def load_model(workdir: str, which: str = "best"):
+  """(config, facts, params) of a workdir, from its 'best', 'latest' or a numbered checkpoint."""
+  from sketch_vae import train  # late: train imports this module
+  config, facts = load_run_files(workdir)
+  target = jax.eval_shape(lambda: train.create_state(config, jax.random.key(0)))._asdict()
+  ckpts = Checkpoints(workdir, writer=False)
+  try:
+    step, state = ckpts.restore(target, which)
+  finally:
+    ckpts.close()
+  return config, facts, state["params"], step

@@ -1,0 +1,70 @@
+"""Evaluation over whole splits: the pmapped eval step, means, and the best-checkpoint criterion."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import numpy as np
+
+from sketch_vae import data as data_lib
+from sketch_vae import parallel
+from sketch_vae.config import Config
+
+
+def pmap_eval(config: Config, lay: parallel.Layout):
+  from sketch_vae import train  # late: train imports this module
+  return jax.pmap(functools.partial(train.eval_step, config, axis_name=parallel.AXIS),
+                  axis_name=parallel.AXIS, in_axes=(0, 0, None), devices=list(lay.devices))
+
+
+def evaluate(config: Config, params_rep, sketches, facts: data_lib.DataFacts, lay: parallel.Layout,
+             p_eval, seed: int) -> dict:
+  """Means over every sketch of a split (deterministic for `seed`).
+
+  Each sketch's z draws its eps from its index in the split, so the numbers do
+  not depend on the batch size or the number of devices.
+  """
+  if not sketches:
+    raise ValueError("the split is empty: nothing to evaluate")
+  totals = None
+  base = jax.random.key(seed)
+  for i, (x, lengths, weights) in enumerate(
+      data_lib.eval_batches(sketches, lay.global_batch, facts.max_seq_len)):
+    rows = np.arange(i * lay.global_batch, (i + 1) * lay.global_batch, dtype=np.int32)
+    batch = {"strokes": x, "lengths": lengths, "rows": rows, "weights": weights}
+    batch = jax.tree.map(lambda a: a[lay.host_rows], batch)
+    sums = jax.device_get(jax.tree.map(lambda a: a[0], p_eval(params_rep, parallel.shard(batch, lay), base)))
+    totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
+  n = float(totals["count"])
+  out = {k: float(v) / n for k, v in totals.items() if k != "count"}
+  out["kl_loss"] = max(out["kl_loss_raw"], config.train.kl_tolerance) if config.model.conditional else 0.0
+  out["count"] = int(n)
+  return out
+
+
+def selection_loss(config: Config, m: dict) -> float:
+  """Best-checkpoint criterion: L_R + w_KL * max(L_KL, KL_min) at the final w_KL
+  (not the annealed one, which would make early and late numbers incomparable)."""
+  return m["recon_loss"] + config.train.kl_weight * m["kl_loss"]
+
+
+def evaluate_split(config: Config, params, dataset: data_lib.Dataset, split: str, *,
+                   batch_size: int = 100, num_devices: int = 0, seed: int = 0) -> dict:
+  """Host-side entry: params (unreplicated) over every sketch of `split`."""
+  lay = parallel.layout(batch_size, num_devices)
+  result = evaluate(config, parallel.replicate(params, lay), dataset.splits[split], dataset.facts,
+                    lay, pmap_eval(config, lay), seed)
+  r = dataset.report[split]
+  result.update(dropped_too_long=r.dropped_too_long, dropped_empty=r.dropped_empty)
+  return result
+
+
+def training_data(workdir: str) -> str:
+  """The data files a workdir's run was trained on (as recorded by checkpoint.save_run_files)."""
+  path = os.path.join(workdir, "dataset.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} does not record its training data; pass --data")
+  with open(path) as f:
+    return ",".join(json.load(f)["sources"])
