@@ -83,16 +83,17 @@ class Checkpoints:
     self.workdir = os.path.abspath(workdir)
     self.writer = (jax.process_index() == 0) if writer is None else writer
     root = os.path.join(self.workdir, "checkpoints")
-    if not self.writer and not os.path.isdir(root):
-      raise FileNotFoundError(f"no checkpoints in {self.workdir}")
-    self.latest = _manager(os.path.join(root, "latest"), 2, self.writer)
-    self.best = _manager(os.path.join(root, "best"), 1, self.writer)
+    # A reader before the first save (another host of a fresh multi-host run) sees none.
+    have = self.writer or os.path.isdir(os.path.join(root, "latest"))
+    self.latest = _manager(os.path.join(root, "latest"), 2, self.writer) if have else None
+    have = self.writer or os.path.isdir(os.path.join(root, "best"))
+    self.best = _manager(os.path.join(root, "best"), 1, self.writer) if have else None
 
   def latest_step(self) -> Optional[int]:
-    return self.latest.latest_step()
+    return self.latest.latest_step() if self.latest else None
 
   def best_step(self) -> Optional[int]:
-    return self.best.latest_step()
+    return self.best.latest_step() if self.best else None
 
   def best_metric(self) -> Optional[float]:
     step = self.best_step()
@@ -119,17 +120,18 @@ class Checkpoints:
 
   def restore(self, target: Any, which: str = "latest") -> tuple[int, Any]:
     """Restores `which` = 'latest', 'best' or a step number, shaped like `target`."""
+    managers = [m for m in (self.latest, self.best) if m is not None]
     if which in ("latest", "best"):
       manager = self.latest if which == "latest" else self.best
-      step = manager.latest_step()
+      step = manager.latest_step() if manager else None
       if step is None and which == "best":  # a run too short to have validated
-        manager, step = self.latest, self.latest.latest_step()
+        manager, step = self.latest, self.latest_step()
     else:
       step = int(which)
-      manager = self.latest if step in self.latest.all_steps() else self.best
-      if step not in manager.all_steps():
-        raise FileNotFoundError(f"no checkpoint for step {step} in {self.workdir}; have "
-                                f"{sorted(set(self.latest.all_steps()) | set(self.best.all_steps()))}")
+      have = {s: m for m in managers for s in m.all_steps()}
+      if step not in have:
+        raise FileNotFoundError(f"no checkpoint for step {step} in {self.workdir}; have {sorted(have)}")
+      manager = have[step]
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.workdir}")
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), target)
@@ -137,8 +139,9 @@ class Checkpoints:
     return step, restored
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    for m in (self.latest, self.best):
+      if m is not None:
+        m.close()
 
 
 def load_model(workdir: str, which: str = "best"):

@@ -16,7 +16,7 @@ from sketch_vae.config import Config
 def pmap_eval(config: Config, lay: parallel.Layout):
   from sketch_vae import train  # late: train imports this module
   return jax.pmap(functools.partial(train.eval_step, config, axis_name=parallel.AXIS),
-                  axis_name=parallel.AXIS, in_axes=(0, 0, None), devices=list(lay.devices))
+                  axis_name=parallel.AXIS, in_axes=(0, 0, None), devices=parallel.pmap_devices(lay))
 
 
 def evaluate(config: Config, params_rep, sketches, facts: data_lib.DataFacts, lay: parallel.Layout,

@@ -21,6 +21,8 @@ AXIS = "devices"
 def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
   """Joins a multi-host run (no-op for a single process)."""
   if num_processes > 1:
+    # CPU processes need a collectives backend for psum/pmean across hosts.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
 
@@ -50,6 +52,8 @@ class Layout:
 def layout(global_batch: int, num_devices: int = 0) -> Layout:
   """This process's layout; `num_devices` = 0 uses every local device."""
   devices = jax.local_devices()
+  if num_devices and jax.process_count() > 1 and num_devices != len(devices):
+    raise ValueError("a multi-host run uses every local device of each host; drop num_devices")
   if num_devices:
     if num_devices > len(devices):
       raise ValueError(f"asked for {num_devices} devices but this host has {len(devices)}")
@@ -83,8 +87,14 @@ def pmap(fn: Callable, lay: Layout, *, donate_state: bool = True) -> Callable:
 
   The key is broadcast (in_axes None); the state's buffers are donated.
   """
-  return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0, None), devices=list(lay.devices),
+  return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0, None), devices=pmap_devices(lay),
                   donate_argnums=(0,) if donate_state else ())
+
+
+def pmap_devices(lay: Layout):
+  """Explicit local devices on one host; None (= every device of every host) across hosts,
+  so that collectives span all of them."""
+  return None if lay.process_count > 1 else list(lay.devices)
 
 
 def mean_over_devices(tree, axis_name: Optional[str]):

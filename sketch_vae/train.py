@@ -94,7 +94,7 @@ def train_step(config: config_lib.Config, state: TrainState, batch, key, *,
   metrics["lr"] = losses.learning_rate(state.step, learning_rate=config.train.learning_rate,
                                        decay_rate=config.train.decay_rate,
                                        min_learning_rate=config.train.min_learning_rate)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
   return new_state, metrics
 

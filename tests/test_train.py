@@ -1,0 +1,259 @@
+"""Training: pmap == single device, multi-process == single process, resume == uninterrupted,
+artefacts, falling loss, non-finite handling, evaluation."""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sketch_vae import checkpoint, config as config_lib, data, evaluation, parallel, train
+from conftest import BUNDLED, REPO
+
+SHEEP = str(BUNDLED / "aaron_sheep.npz")
+TINY = dict(enc_rnn_size=16, dec_rnn_size=24, z_size=8, num_mixture=3, batch_size=8,
+            max_seq_len=60, log_every=2, eval_every=3, save_every=2)
+
+
+def tiny_config(**kw):
+  return config_lib.PRESETS["original"].replace(**{**TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def sheep():
+  """Short sheep, so the scans are short; valid/test trimmed to keep evaluation cheap."""
+  ds = data.load(SHEEP, max_seq_len=60)
+  ds.splits["train"] = ds.splits["train"][:400]
+  ds.splits["valid"] = ds.splits["valid"][:20]
+  ds.splits["test"] = ds.splits["test"][:20]
+  return ds
+
+
+def host_batch(ds, cfg, step=0):
+  b = data.Batcher(ds.splits["train"], data.BatchSpec(cfg.train.batch_size, ds.facts.max_seq_len,
+                                                      0.15, 0.1), seed=0)
+  x, lengths = b.train_batch(step)
+  return {"strokes": x, "lengths": lengths, "rows": np.arange(len(x), dtype=np.int32)}
+
+
+def test_pmap_on_4_devices_equals_single_device_full_batch(sheep):
+  assert jax.local_device_count() >= 4
+  cfg = tiny_config()  # recurrent dropout on: per-row keys make it device-count invariant
+  state = train.create_state(cfg, jax.random.key(0))
+  batch = host_batch(sheep, cfg)
+  key = jax.random.key(5)
+  single_state, single_metrics = jax.jit(lambda s, b: train.train_step(cfg, s, b, key))(state, batch)
+  lay = parallel.layout(cfg.train.batch_size, 4)
+  p_step = parallel.pmap(lambda s, b, k: train.train_step(cfg, s, b, k, axis_name=parallel.AXIS), lay,
+                         donate_state=False)
+  rep_state, rep_metrics = p_step(parallel.replicate(state, lay), parallel.shard(batch, lay), key)
+  for a, b in zip(jax.tree.leaves(single_state.params), jax.tree.leaves(rep_state.params)):
+    np.testing.assert_allclose(np.asarray(b)[0], np.asarray(b)[3])  # replicas agree
+    np.testing.assert_allclose(np.asarray(b)[0], a, rtol=2e-5, atol=2e-7)
+  for k in ("loss", "recon_loss", "kl_loss_raw"):
+    assert float(rep_metrics[k][0]) == pytest.approx(float(single_metrics[k]), rel=1e-5)
+  assert float(single_metrics["nonfinite"]) == 0.0
+
+
+def test_batch_size_must_divide_devices():
+  with pytest.raises(ValueError, match="does not divide"):
+    parallel.layout(6, 4)
+
+
+def test_nonfinite_step_leaves_state_unchanged(sheep):
+  cfg = tiny_config()
+  state = train.create_state(cfg, jax.random.key(0))
+  batch = host_batch(sheep, cfg)
+  batch["strokes"] = batch["strokes"].copy()
+  batch["strokes"][3, 2, 0] = np.nan
+  new, metrics = jax.jit(lambda s, b: train.train_step(cfg, s, b, jax.random.key(1)))(state, batch)
+  assert float(metrics["nonfinite"]) == 1.0
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params)):
+    np.testing.assert_array_equal(a, b)
+  assert all(bool(jnp.all(jnp.isfinite(l))) for l in jax.tree.leaves(new.opt_state))
+
+
+def test_fit_stops_on_nonfinite_naming_the_step(sheep, tmp_path):
+  cfg = tiny_config(num_steps=6)
+  bad = data.Dataset(splits={k: list(v) for k, v in sheep.splits.items()}, facts=sheep.facts,
+                     report=sheep.report, sources=sheep.sources)
+  b = data.Batcher(bad.splits["train"], data.BatchSpec(8, sheep.facts.max_seq_len), seed=0)
+  victim = int(b.train_indices(3)[0])  # first sketch of step 3's batch
+  poisoned = bad.splits["train"][victim].copy()
+  poisoned[0, 0] = np.inf
+  bad.splits["train"][victim] = poisoned
+  with pytest.raises(train.NonFiniteLoss, match="at step 3"):
+    train.fit(cfg, bad, str(tmp_path), num_devices=1)
+  ck = checkpoint.Checkpoints(str(tmp_path), writer=False)
+  assert ck.latest_step() == 2  # saved before the bad step, nothing after it
+  _, restored = ck.restore(train.create_state(cfg, jax.random.key(0))._asdict(), "latest")
+  assert all(bool(np.all(np.isfinite(l))) for l in jax.tree.leaves(restored))
+
+
+def test_launcher_writes_all_artefacts_and_loss_falls(tmp_path):
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "-m", "experiments.train", f"--data={SHEEP}", f"--workdir={workdir}",
+         "--enc_rnn_size=16", "--dec_rnn_size=32", "--z_size=8", "--num_mixture=5",
+         "--batch_size=20", "--num_steps=40", "--max_seq_len=80", "--log_every=10",
+         "--eval_every=20", "--save_every=20", "--num_devices=1", "--learning_rate=0.005",
+         "--kl_decay_rate=0.99", "--decay_rate=0.999"]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "train step 40/40" in out.stdout
+  for name in ("config.json", "data_facts.json", "dataset.json", "metrics.jsonl"):
+    assert (workdir / name).exists(), name
+  assert list((workdir / "tb").glob("events.out.tfevents.*"))
+  assert sorted(os.listdir(workdir / "checkpoints" / "latest")) == ["20", "40"]
+  assert os.listdir(workdir / "checkpoints" / "best")
+  events = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  trains = [e for e in events if e["split"] == "train"]
+  needed = {"step", "split", "recon_loss", "offset_loss", "pen_loss", "kl_loss", "kl_loss_raw",
+            "loss", "lr", "kl_weight", "sketches_per_sec", "wall_time"}
+  assert needed <= set(trains[0])
+  assert {"valid"} <= {e["split"] for e in events}
+  assert [e["step"] for e in trains] == [10, 20, 30, 40]
+  assert trains[-1]["recon_loss"] < trains[0]["recon_loss"] - 0.1  # it learns
+  facts = json.loads((workdir / "data_facts.json").read_text())
+  assert facts["max_seq_len"] <= 80 and facts["scale_factor"] > 1
+  cfg = json.loads((workdir / "config.json").read_text())
+  assert cfg["model"]["dec_rnn_size"] == 32 and cfg["train"]["learning_rate"] == 0.005
+  # evaluate: one JSON object over the whole split.
+  ev = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}",
+                       "--split=valid", "--batch_size=20", "--num_devices=1"],
+                      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert ev.returncode == 0, ev.stderr[-2000:]
+  result = json.loads(ev.stdout.strip().splitlines()[-1])
+  assert result["count"] + result["dropped_too_long"] == 300
+  assert {"recon_loss", "offset_loss", "pen_loss", "kl_loss", "kl_loss_raw"} <= set(result)
+  assert result["recon_loss"] == pytest.approx(result["offset_loss"] + result["pen_loss"], rel=1e-5)
+
+
+def test_evaluation_is_independent_of_batch_size_and_devices(sheep):
+  cfg = tiny_config()
+  params = train.create_state(cfg, jax.random.key(0)).params
+  a = evaluation.evaluate_split(cfg, params, sheep, "test", batch_size=4, num_devices=1, seed=3)
+  b = evaluation.evaluate_split(cfg, params, sheep, "test", batch_size=8, num_devices=4, seed=3)
+  c = evaluation.evaluate_split(cfg, params, sheep, "test", batch_size=8, num_devices=4, seed=4)
+  assert a["count"] == b["count"] == 20
+  for k in ("recon_loss", "offset_loss", "pen_loss", "kl_loss_raw"):
+    assert a[k] == pytest.approx(b[k], rel=1e-5)
+  assert a["kl_loss_raw"] != c["kl_loss_raw"] or a["recon_loss"] != c["recon_loss"]
+
+
+# ----------------------------------------------------------------------------
+# Resume and multi-process: real subprocesses.
+
+RUNNER = """
+import os, sys, pickle
+sys.path.insert(0, {repo!r})
+from absl import logging
+logging.set_verbosity(logging.ERROR)
+import jax
+from sketch_vae import config as config_lib, data, train, parallel
+mode, workdir, out = sys.argv[1], sys.argv[2], sys.argv[3]
+if mode.startswith("dist"):
+  parallel.initialize_distributed("127.0.0.1:" + sys.argv[4], 2, int(mode[-1]))
+if mode == "crash":
+  # Die in the middle of the step-4 save: after Orbax wrote the temporary
+  # directory, before the rename that finalises it.
+  import os as _os
+  real_rename = _os.rename
+  def rename(src, dst, *a, **k):
+    if str(src).endswith("4.orbax-checkpoint-tmp"):
+      _os._exit(9)
+    return real_rename(src, dst, *a, **k)
+  _os.rename = rename
+  import pathlib
+  real_prename = pathlib.Path.rename
+  def prename(self, target):
+    if str(self).endswith("4.orbax-checkpoint-tmp"):
+      _os._exit(9)
+    return real_prename(self, target)
+  pathlib.Path.rename = prename
+cfg = config_lib.PRESETS["original"].replace(enc_rnn_size=16, dec_rnn_size=24, z_size=8,
+    num_mixture=3, batch_size=8, max_seq_len=60, num_steps=6, log_every=2, eval_every=3, save_every=2)
+ds = data.load({sheep!r}, max_seq_len=60)
+ds.splits["train"] = ds.splits["train"][:400]
+ds.splits["valid"] = ds.splits["valid"][:16]
+train.fit(cfg, ds, workdir, num_devices=1)
+if jax.process_index() == 0:
+  from sketch_vae import checkpoint
+  _, _, params, step = checkpoint.load_model(workdir, "latest")
+  with open(out, "wb") as f:
+    pickle.dump((step, jax.device_get(params)), f)
+"""
+
+
+def _run(tmp_path, *args, env_devices=1, timeout=600):
+  script = tmp_path / "runner.py"
+  script.write_text(RUNNER.format(repo=str(REPO), sheep=SHEEP))
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}")
+  return subprocess.Popen([sys.executable, str(script), *map(str, args)], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _load(path):
+  import pickle
+  with open(path, "rb") as f:
+    return pickle.load(f)
+
+
+def _assert_same_params(a, b, exact=False):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    if exact:
+      np.testing.assert_array_equal(x, y)
+    else:
+      np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-7)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("plain")
+  p = _run(tmp, "plain", tmp / "wd", tmp / "out.pkl")
+  _, err = p.communicate(timeout=600)
+  assert p.returncode == 0, err[-2000:]
+  return _load(tmp / "out.pkl")
+
+
+def test_resume_after_kill_mid_save_equals_uninterrupted(tmp_path, uninterrupted):
+  wd = tmp_path / "wd"
+  p = _run(tmp_path, "crash", wd, tmp_path / "never.pkl")
+  p.communicate(timeout=600)
+  assert p.returncode == 9  # killed inside the step-4 save
+  latest = wd / "checkpoints" / "latest"
+  assert sorted(os.listdir(latest)) == ["2", "4.orbax-checkpoint-tmp"]
+  p = _run(tmp_path, "resume", wd, tmp_path / "out.pkl")
+  out, err = p.communicate(timeout=600)
+  assert p.returncode == 0, err[-2000:]
+  assert "resuming from step 2" in out
+  step, params = _load(tmp_path / "out.pkl")
+  assert step == uninterrupted[0] == 6
+  _assert_same_params(params, uninterrupted[1], exact=True)
+  assert sorted(os.listdir(latest)) == ["4", "6"]  # the half-written save was cleaned up
+  metrics = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+  train_steps = [m["step"] for m in metrics if m["split"] == "train"]
+  assert train_steps == [2, 4, 6]  # nothing logged twice
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_the_same_as_one(tmp_path, uninterrupted):
+  port = _free_port()
+  wd = tmp_path / "wd"
+  procs = [_run(tmp_path, f"dist{i}", wd, tmp_path / f"out{i}.pkl", port) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  step, params = _load(tmp_path / "out0.pkl")
+  assert step == 6
+  _assert_same_params(params, uninterrupted[1])
+  assert not (tmp_path / "out1.pkl").exists()  # only process 0 writes
