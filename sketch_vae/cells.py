@@ -22,6 +22,7 @@ G = 4H gate pre-activations, E = hyper embedding, K = hyper units.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -41,6 +42,9 @@ class Cell(NamedTuple):
   step: Callable[..., tuple]
   input_kernel: Callable[[Params], tuple]
   step_projected: Callable[..., tuple]
+  # Optional fast unroll with rnn.unroll's contract:
+  # scan(params, carry, xp [T, B, P], xp_static, live [T, B], dropout_key) -> (carry, hs).
+  scan: Optional[Callable[..., tuple]] = None
 
 
 class LSTMCarry(NamedTuple):
@@ -138,7 +142,9 @@ def _compose_step(input_kernel, step_projected, matmul_dtype):
 
 
 def lstm(hidden_size: int, *, forget_bias: float = 1.0, dropout_keep: float = 0.9,
-         matmul_dtype=None) -> Cell:
+         matmul_dtype=None, fused: bool = True, cpu_kernels: bool = True) -> Cell:
+  """`fused` unrolls with fused_lstm.scan (hand-written backward, CPU kernels when
+  `cpu_kernels`); the contract tests check it against the plain step."""
   H = hidden_size
 
   def init(key, input_size):
@@ -156,8 +162,13 @@ def lstm(hidden_size: int, *, forget_bias: float = 1.0, dropout_keep: float = 0.
     h = jnp.tanh(c) * jax.nn.sigmoid(o)
     return LSTMCarry(c=c, h=h), h
 
+  scan = None
+  if fused:
+    from sketch_vae import fused_lstm  # late: it compiles C++ on first use
+    scan = functools.partial(fused_lstm.scan, keep=dropout_keep, forget_bias=forget_bias,
+                             matmul_dtype=matmul_dtype, use_kernels=cpu_kernels)
   return Cell("lstm", H, init, _zeros_carry(H), _compose_step(input_kernel, step_projected, matmul_dtype),
-              input_kernel, step_projected)
+              input_kernel, step_projected, scan)
 
 
 # ----------------------------------------------------------------------------

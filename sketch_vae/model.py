@@ -42,6 +42,7 @@ class ModelSpec:
   hyper_embedding_size: int = 32
   matmul_dtype: str = "float32"  # "bfloat16": bf16 operands, float32 accumulation and state
   remat: bool = False  # rematerialise the scans in the backward pass (long sequences)
+  fused_lstm: bool = True  # LSTM cells: hand-written backward + CPU kernels (fused_lstm.py)
 
   @property
   def dtype(self):
@@ -49,6 +50,8 @@ class ModelSpec:
 
   def _cell(self, name, size):
     options = {"dropout_keep": self.recurrent_dropout_prob, "matmul_dtype": self.dtype}
+    if name == "lstm":
+      options.update(fused=self.fused_lstm, cpu_kernels=self.fused_lstm)
     if name == "hyper":
       options.update(hyper_num_units=self.hyper_num_units,
                      hyper_embedding_size=self.hyper_embedding_size)

@@ -30,7 +30,9 @@ def unroll(cell: cells_lib.Cell, params, carry, xs_TxBxI, *, static_BxJ=None,
   fold_in(dropout_key, t) (one key, or one per row: see keys.py). With `remat`, the scan body is rematerialised in the
   backward pass (less memory for long sequences, about a third more compute).
 
-  Returns (final carry, outputs h [T, B, H]).
+  A cell with its own `scan` (the fused LSTM) runs that instead, with the same
+  contract. Returns (final carry, outputs h [T, B, H]; a held step outputs
+  the held h).
   """
   T, I = xs_TxBxI.shape[0], xs_TxBxI.shape[-1]
   w_x, b = cell.input_kernel(params)
@@ -41,13 +43,16 @@ def unroll(cell: cells_lib.Cell, params, carry, xs_TxBxI, *, static_BxJ=None,
   if mask_TxB is None:
     mask_TxB = jnp.ones(xs_TxBxI.shape[:2], bool)
 
+  if cell.scan is not None and not remat:
+    return cell.scan(params, carry, xp_TxBxP, xp_static, mask_TxB, dropout_key)
+
   def body(carry, inputs):
     t, xp_BxP, mask_B = inputs
     key = None if dropout_key is None else keys_lib.fold_in(dropout_key, t)
-    new_carry, h = cell.step_projected(params, carry, xp_BxP + xp_static, key)
+    new_carry, _ = cell.step_projected(params, carry, xp_BxP + xp_static, key)
     keep = mask_B[..., None]
     new_carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry)
-    return new_carry, h
+    return new_carry, new_carry.h
 
   if remat:
     body = jax.checkpoint(body)

@@ -1,0 +1,57 @@
+r"""Speed: `python -m experiments.benchmark --config=A|B|C --what=train|sample [--json]`.
+
+Prints, after warm-up and over several repeats, median and min seconds per
+training step, sketches per second, the step's matrix-product FLOPs, the
+achieved GFLOP/s, this run's measured float32 matmul peak and the ratio; for
+sampling, sketches per second for a vmapped batch and for one sketch.
+"""
+import json
+import platform
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("config", "A", ["A", "B", "C"], "A: LSTM (original default); B: layer norm; C: paper's large.")
+flags.DEFINE_enum("what", "train", ["train", "sample"], "Training step or sampling.")
+flags.DEFINE_boolean("json", False, "Print one JSON object.")
+flags.DEFINE_enum("matmul_dtype", "float32", ["float32", "bfloat16"], "Matmul operand dtype.")
+flags.DEFINE_integer("batch_size", 100, "Batch.")
+flags.DEFINE_integer("max_seq_len", 250, "Padded length (steps per sequence).")
+flags.DEFINE_boolean("remat", False, "Rematerialise the scans in the backward pass.")
+flags.DEFINE_boolean("recurrent_dropout", True, "Recurrent dropout on (the original's default).")
+flags.DEFINE_integer("repeats", 5, "Timed repeats.")
+flags.DEFINE_integer("warmup", 2, "Untimed runs after compilation.")
+flags.DEFINE_integer("num", 1000, "Sampling: sketches in the vmapped batch.")
+flags.DEFINE_integer("num_devices", 1, "Devices for the training step.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.ERROR)
+  import jax
+  from sketch_vae import benchmark
+  config = benchmark.make_config(FLAGS.config, batch_size=FLAGS.batch_size,
+                                 max_seq_len=FLAGS.max_seq_len, matmul_dtype=FLAGS.matmul_dtype,
+                                 remat=FLAGS.remat, use_recurrent_dropout=FLAGS.recurrent_dropout)
+  if FLAGS.what == "train":
+    result = benchmark.bench_train(config, warmup=FLAGS.warmup, repeats=FLAGS.repeats,
+                                   num_devices=FLAGS.num_devices)
+  else:
+    result = benchmark.bench_sample(config, num=FLAGS.num, repeats=max(1, FLAGS.repeats // 2))
+  result.update(config=FLAGS.config, matmul_dtype=FLAGS.matmul_dtype, batch_size=FLAGS.batch_size,
+                max_seq_len=FLAGS.max_seq_len, remat=FLAGS.remat,
+                device=str(jax.devices()[0].device_kind), platform=jax.default_backend(),
+                jax=jax.__version__, machine=platform.processor() or platform.machine())
+  if FLAGS.json:
+    print(json.dumps(result))
+    return
+  for k, v in result.items():
+    if isinstance(v, float):
+      v = f"{v:.4g}"
+    elif isinstance(v, list):
+      v = ", ".join(f"{x:.3f}" for x in v)
+    print(f"{k:>26}: {v}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,146 @@
+"""Benchmarks: training-step and sampling throughput against the machine's measured matmul peak.
+
+Configurations (issue 8; the first is the original's default model):
+  A  LSTM 256 bidirectional encoder, LSTM 512 decoder, z 128, M 20
+  B  the same with layer-norm cells
+  C  the paper's large model: HyperLSTM 2048 decoder (hyper 256, embedding 32),
+     layer-norm encoder 512 per direction
+all with batch 100 and sequences padded to 250 with lengths drawn from 30..250.
+"""
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sketch_vae import config as config_lib
+from sketch_vae import flops as flops_lib
+from sketch_vae import parallel, sample, train
+
+CONFIGS = {
+    "A": dict(enc_model="lstm", dec_model="lstm", enc_rnn_size=256, dec_rnn_size=512),
+    "B": dict(enc_model="layer_norm", dec_model="layer_norm", enc_rnn_size=256, dec_rnn_size=512),
+    "C": dict(enc_model="layer_norm", dec_model="hyper", enc_rnn_size=512, dec_rnn_size=2048,
+              hyper_num_units=256, hyper_embedding_size=32),
+}
+
+
+def make_config(name: str, *, batch_size=100, max_seq_len=250, **overrides) -> config_lib.Config:
+  if name not in CONFIGS:
+    raise ValueError(f"unknown benchmark config {name!r}; choose one of {sorted(CONFIGS)}")
+  return config_lib.PRESETS["original"].replace(
+      z_size=128, num_mixture=20, batch_size=batch_size, max_seq_len=max_seq_len,
+      **{**CONFIGS[name], **overrides})
+
+
+def synthetic_batch(batch_size: int, max_seq_len: int, seed: int = 0, min_len: int = 30) -> dict:
+  """Random sketch-like stroke-5 batch with lengths uniform in [min_len, max_seq_len]."""
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(min(min_len, max_seq_len), max_seq_len + 1, batch_size).astype(np.int32)
+  x = np.zeros((batch_size, max_seq_len + 1, 5), np.float32)
+  x[:, 0, 2] = 1.0
+  for i, n in enumerate(lengths):
+    x[i, 1:n + 1, :2] = rng.normal(size=(n, 2))
+    lift = rng.random(n) < 0.2
+    x[i, 1:n + 1, 2], x[i, 1:n + 1, 3] = ~lift, lift
+    x[i, n + 1:, 4] = 1.0
+  return {"strokes": x, "lengths": lengths, "rows": np.arange(batch_size, dtype=np.int32)}
+
+
+def _time(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 10) -> float:
+  """Measured GFLOP/s of a large square matmul on the default device (best of `repeats`)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+  best = min(_time(lambda: f(a, b), 2, repeats))
+  return 2 * n ** 3 / best / 1e9
+
+
+def peak_host_memory_mb() -> float:
+  """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def device_memory_mb():
+  stats = jax.local_devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / 2 ** 20
+
+
+def bench_train(config: config_lib.Config, *, warmup=2, repeats=5, num_devices=1) -> dict:
+  """Seconds per pmapped training step on a synthetic batch (donated state, no host sync
+  inside the timed region except the final block)."""
+  t = config.train
+  batch = synthetic_batch(t.batch_size, t.max_seq_len)
+  state = train.create_state(config, jax.random.key(0))
+  step_fn = lambda s, b: train.train_step(config, s, b, jax.random.key(1))
+  gflop = flops_lib.matmul_flops(step_fn, state, batch) / 1e9
+  lay = parallel.layout(t.batch_size, num_devices)
+  p_step = parallel.pmap(lambda s, b, k: train.train_step(config, s, b, k, axis_name=parallel.AXIS), lay)
+  box = {"state": parallel.replicate(state, lay)}
+  sharded = jax.tree.map(jnp.asarray, parallel.shard(batch, lay))
+  key = jax.random.key(1)
+  t0 = time.perf_counter()
+  box["state"], m = p_step(box["state"], sharded, key)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t0
+
+  def one():
+    box["state"], metrics = p_step(box["state"], sharded, key)
+    return metrics
+
+  times = _time(one, warmup, repeats)
+  med = statistics.median(times)
+  peak = matmul_peak(dtype=jnp.float32)
+  out = {"what": "train", "median_s": med, "min_s": min(times), "times_s": times,
+         "compile_s": compile_s, "sketches_per_sec": t.batch_size / med, "matmul_gflop": gflop,
+         "achieved_gflops": gflop / med, "fp32_matmul_peak_gflops": peak,
+         "ratio_to_fp32_peak": gflop / med / peak, "floor_s_at_fp32_peak": gflop / peak,
+         "peak_host_memory_mb": peak_host_memory_mb(), "peak_device_memory_mb": device_memory_mb()}
+  if config.model.matmul_dtype == "bfloat16":
+    out["bf16_matmul_peak_gflops"] = matmul_peak(dtype=jnp.bfloat16)
+  return out
+
+
+def bench_sample(config: config_lib.Config, *, num=1000, warmup=1, repeats=3) -> dict:
+  """Sketches per second: a vmapped batch of `num` sketches, and one sketch at a time."""
+  spec, L = config.model, config.train.max_seq_len
+  params = train.create_state(config, jax.random.key(0)).params
+  z = sample.prior_z(spec, jax.random.key(1), num)
+  temps = jnp.full((num,), 0.5, jnp.float32)
+  # Untrained models end early at random; force full length so every sketch costs L steps.
+  params = _never_end(params)
+  batch = lambda: sample.sample_batch(spec, params, jax.random.key(2), temps, z=z, max_len=L).strokes
+  t_batch = _time(batch, warmup, repeats)
+  one = lambda: sample.sample_batch(spec, params, jax.random.key(3), temps[:1],
+                                    z=None if z is None else z[:1], max_len=L).strokes
+  t_one = _time(one, warmup, max(repeats, 5))
+  return {"what": "sample", "steps_per_sketch": L, "batch": num,
+          "batch_median_s": statistics.median(t_batch),
+          "batch_sketches_per_sec": num / statistics.median(t_batch),
+          "one_median_s": statistics.median(t_one), "one_sketches_per_sec": 1 / statistics.median(t_one),
+          "peak_host_memory_mb": peak_host_memory_mb()}
+
+
+def _never_end(params):
+  """Output bias that makes p3 (end of sketch) vanishingly unlikely."""
+  params = jax.tree.map(lambda a: a, params)
+  b = params["decoder"]["out_b"]
+  params["decoder"]["out_b"] = b.at[2].set(-50.0)
+  return params

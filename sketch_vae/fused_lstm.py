@@ -1,0 +1,253 @@
+"""A fast LSTM recurrence: hand-written backward pass, hoisted weight gradient, fused CPU kernels.
+
+`scan` computes exactly what `rnn.unroll` computes with the `lstm` cell's
+step (tests/test_fused_lstm.py checks values and gradients), but:
+  * its custom VJP stores only (h, c, activations) per step and, after the
+    reverse scan, forms dW_h = sum_t h_{t-1}^T dgates_t as ONE large matmul
+    instead of T small ones accumulated in the loop (what autodiff of a scan
+    does);
+  * on CPU, the per-step elementwise work (gate nonlinearities, dropout mask,
+    cell update, and their derivatives) runs in a vectorised C++ kernel
+    (kernels/lstm_cpu.cc) through the XLA FFI; elsewhere, or when no C++
+    compiler is available, the same equations run as jnp code.
+The kernel is compiled once per machine with the system's g++ into a cache
+directory; `kernel_status()` says whether it is in use and why not.
+
+Shape letters: T = time, R = rows (batch, any leading axes), H = units, G = 4H.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sketch_vae import keys as keys_lib
+
+_SOURCE = pathlib.Path(__file__).parent / "kernels" / "lstm_cpu.cc"
+_STATUS = {"loaded": False, "reason": "not tried"}
+
+
+def _cache_dir() -> pathlib.Path:
+  base = pathlib.Path.home() / ".cache" / "sketch_vae" / "kernels"
+  try:
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+  except OSError:
+    return pathlib.Path(tempfile.gettempdir()) / "sketch_vae_kernels"
+
+
+def _build() -> Optional[pathlib.Path]:
+  """Compiles the kernel (once per source, jaxlib and Python version) and returns the .so."""
+  source = _SOURCE.read_bytes()
+  tag = hashlib.sha256(source + jax.__version__.encode() + sys.version.encode()).hexdigest()[:16]
+  out = _cache_dir() / f"lstm_cpu_{tag}.so"
+  if out.exists():
+    return out
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.with_suffix(f".{os.getpid()}.tmp")
+  cmd = ["g++", "-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=off", "-shared", "-fPIC",
+         "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(tmp)]
+  result = subprocess.run(cmd, capture_output=True, text=True)
+  if result.returncode != 0:
+    _STATUS["reason"] = f"g++ failed: {result.stderr.strip()[-500:]}"
+    return None
+  os.replace(tmp, out)
+  return out
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_kernels_available() -> bool:
+  """Builds and registers the CPU kernels on first call; False (with a reason) if impossible."""
+  try:
+    path = _build()
+    if path is None:
+      return False
+    lib = ctypes.cdll.LoadLibrary(str(path))
+    for name, symbol in (("sketch_vae_lstm_fwd", lib.SketchVaeLstmForward),
+                         ("sketch_vae_lstm_bwd", lib.SketchVaeLstmBackward)):
+      jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
+  except (OSError, FileNotFoundError, AttributeError) as e:
+    _STATUS["reason"] = f"{type(e).__name__}: {e}"
+    return False
+  _STATUS.update(loaded=True, reason="compiled with g++ and registered")
+  return True
+
+
+def kernel_status() -> dict:
+  return dict(_STATUS)
+
+
+# ----------------------------------------------------------------------------
+# The per-step elementwise work: jnp reference and FFI calls, same semantics.
+
+
+def _drop_scale(keybits_Rx2, shape, dropout):
+  """mask / keep for each element (keys.keep_mask's hash, from raw key bits)."""
+  keep, use, flat = dropout
+  if not use:
+    return jnp.ones((), jnp.float32)
+  R, H = int(np.prod(shape[:-1])), shape[-1]
+  k0 = keybits_Rx2[..., 0].reshape(R, 1)
+  k1 = keybits_Rx2[..., 1].reshape(R, 1)
+  unit = jnp.arange(H, dtype=jnp.uint32)[None, :]
+  index = unit + (jnp.arange(R, dtype=jnp.uint32)[:, None] * np.uint32(H) if flat else np.uint32(0))
+  x = keys_lib._fmix32(index * np.uint32(0x9E3779B9) ^ k0)
+  x = keys_lib._fmix32(x ^ k1)
+  mask = (x < _threshold(keep)).reshape(shape)
+  return jnp.where(mask, 1.0 / keep, 0.0)
+
+
+def _threshold(keep):
+  return np.uint32(min(int(keep * 2.0 ** 32), 2 ** 32 - 1))
+
+
+def _fwd_jnp(gates, c_prev, h_prev, live, keybits, *, dropout, forget_bias):
+  i, j, f, o = jnp.split(gates, 4, axis=-1)
+  i, jt, f, o = jax.nn.sigmoid(i), jnp.tanh(j), jax.nn.sigmoid(f + forget_bias), jax.nn.sigmoid(o)
+  c = c_prev * f + i * jt * _drop_scale(keybits, c_prev.shape, dropout)
+  h = jnp.tanh(c) * o
+  hold = live[..., None]
+  return (jnp.where(hold, c, c_prev), jnp.where(hold, h, h_prev),
+          jnp.where(hold, jnp.concatenate([i, jt, f, o], -1), 0.0))
+
+
+def _bwd_jnp(dh, dc, acts, c_prev, c_new, live, keybits, *, dropout):
+  i, jt, f, o = jnp.split(acts, 4, axis=-1)
+  s = _drop_scale(keybits, c_prev.shape, dropout)
+  tc = jnp.tanh(c_new)
+  dct = dc + dh * o * (1.0 - tc * tc)
+  dgates = jnp.concatenate([dct * jt * s * i * (1.0 - i), dct * i * s * (1.0 - jt * jt),
+                            dct * c_prev * f * (1.0 - f), dh * tc * o * (1.0 - o)], -1)
+  hold = live[..., None]
+  return (jnp.where(hold, dgates, 0.0), jnp.where(hold, dct * f, dc), jnp.where(hold, 0.0, dh))
+
+
+def _attrs(dropout):
+  keep, use, flat = dropout
+  return dict(keep=np.float32(keep), threshold=np.int64(_threshold(keep)), use_dropout=bool(use),
+              flat_index=bool(flat))
+
+
+def _fwd_ffi(gates, c_prev, h_prev, live, keybits, *, dropout, forget_bias):
+  out = jax.ShapeDtypeStruct(c_prev.shape, jnp.float32)
+  return jax.ffi.ffi_call("sketch_vae_lstm_fwd", (out, out, jax.ShapeDtypeStruct(gates.shape, jnp.float32)),
+                          vmap_method="broadcast_all")(
+      gates, c_prev, h_prev, live, keybits, forget_bias=np.float32(forget_bias), **_attrs(dropout))
+
+
+def _bwd_ffi(dh, dc, acts, c_prev, c_new, live, keybits, *, dropout):
+  out = jax.ShapeDtypeStruct(c_prev.shape, jnp.float32)
+  return jax.ffi.ffi_call("sketch_vae_lstm_bwd", (jax.ShapeDtypeStruct(acts.shape, jnp.float32), out, out),
+                          vmap_method="broadcast_all")(
+      dh, dc, acts, c_prev, c_new, live, keybits, **_attrs(dropout))
+
+
+def _pick(ffi_fn, jnp_fn, use_kernels: bool, **static):
+  """The FFI kernel on CPU (when built), the jnp equations elsewhere; statics bound."""
+  jnp_bound = functools.partial(jnp_fn, **static)
+  if not (use_kernels and cpu_kernels_available()):
+    return jnp_bound
+  ffi_bound = functools.partial(ffi_fn, **static)
+  return lambda *arrays: jax.lax.platform_dependent(*arrays, cpu=ffi_bound, default=jnp_bound)
+
+
+# ----------------------------------------------------------------------------
+# The recurrence with its custom VJP.
+
+
+def _dot(x, w, matmul_dtype):
+  if matmul_dtype is not None and matmul_dtype != jnp.float32:
+    return jnp.dot(x.astype(matmul_dtype), w.astype(matmul_dtype), preferred_element_type=jnp.float32)
+  return jnp.dot(x, w)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _recurrence(static, xp_TxRxG, xp_static, w_h, c0, h0, live_TxR, keybits_TxRx2):
+  return _forward(static, xp_TxRxG, xp_static, w_h, c0, h0, live_TxR, keybits_TxRx2)[0]
+
+
+def _forward(static, xp, xp_static, w_h, c0, h0, live, keybits):
+  dropout, forget_bias, matmul_dtype, use_kernels = static
+  fwd = _pick(_fwd_ffi, _fwd_jnp, use_kernels, dropout=dropout, forget_bias=forget_bias)
+
+  def body(carry, inputs):
+    c, h = carry
+    xp_t, live_t, keys_t = inputs
+    gates = xp_t + xp_static + _dot(h, w_h, matmul_dtype)
+    c, h, acts = fwd(gates, c, h, live_t, keys_t)
+    return (c, h), (h, c, acts)
+
+  (c, h), (hs, cs, acts) = jax.lax.scan(body, (c0, h0), (xp, live, keybits))
+  return (hs, c, h), (hs, cs, acts)
+
+
+def _recurrence_fwd(static, xp, xp_static, w_h, c0, h0, live, keybits):
+  out, (hs, cs, acts) = _forward(static, xp, xp_static, w_h, c0, h0, live, keybits)
+  return out, (hs, cs, acts, xp_static, w_h, c0, h0, live, keybits)
+
+
+def _recurrence_bwd(static, residuals, cotangents):
+  dropout, _, matmul_dtype, use_kernels = static
+  hs, cs, acts, xp_static, w_h, c0, h0, live, keybits = residuals
+  d_hs, d_c_final, d_h_final = cotangents
+  bwd = _pick(_bwd_ffi, _bwd_jnp, use_kernels, dropout=dropout)
+  c_prev_all = jnp.concatenate([c0[None], cs[:-1]], 0)
+  w_h_t = w_h.T
+
+  def body(carry, inputs):
+    dh, dc = carry
+    d_out, acts_t, c_prev, c_new, live_t, keys_t = inputs
+    dgates, dc, dh_pass = bwd(dh + d_out, dc, acts_t, c_prev, c_new, live_t, keys_t)
+    dh = _dot(dgates, w_h_t, matmul_dtype) + dh_pass
+    return (dh, dc), dgates
+
+  (dh0, dc0), dgates = jax.lax.scan(body, (d_h_final, d_c_final),
+                                    (d_hs, acts, c_prev_all, cs, live, keybits), reverse=True)
+  h_prev_all = jnp.concatenate([h0[None], hs[:-1]], 0)
+  G = dgates.shape[-1]
+  d_w_h = _dot(h_prev_all.reshape(-1, h0.shape[-1]).T, dgates.reshape(-1, G), matmul_dtype)
+  d_static = jnp.sum(dgates, axis=0)
+  while d_static.ndim > xp_static.ndim:  # xp_static broadcast over rows (no per-row input)
+    d_static = jnp.sum(d_static, axis=0)
+  return dgates, d_static, d_w_h.astype(w_h.dtype), dc0, dh0, None, None
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+def step_key_bits(dropout_key, T: int, rows_shape):
+  """[T, *rows, 2] uint32 bits of fold_in(dropout_key, t) (one key, or one per row)."""
+  if dropout_key is None:
+    return jnp.zeros((T,) + tuple(rows_shape) + (2,), jnp.uint32), False
+  keys_T = jax.vmap(lambda t: keys_lib.fold_in(dropout_key, t))(jnp.arange(T))
+  bits = jax.random.key_data(keys_T)
+  flat = dropout_key.shape == ()
+  bits = jnp.broadcast_to(bits.reshape((T,) + (1,) * len(rows_shape) + (2,)) if flat else bits,
+                          (T,) + tuple(rows_shape) + (2,))
+  return bits.astype(jnp.uint32), flat
+
+
+def scan(params, carry, xp_TxRxG, xp_static, live_TxR, dropout_key, *, keep: float,
+         forget_bias: float, matmul_dtype=None, use_kernels: bool = True):
+  """The `lstm` cell unrolled over T steps -> (final (c, h), outputs h [T, R, H]).
+
+  Same contract as `rnn.unroll`'s scan: step t reads xp[t] + xp_static, rows
+  with live[t] False hold their carry, dropout keys are fold_in(key, t).
+  """
+  T, rows_shape = xp_TxRxG.shape[0], xp_TxRxG.shape[1:-1]
+  keybits, flat = step_key_bits(dropout_key, T, rows_shape)
+  dropout = (float(keep), dropout_key is not None and keep < 1.0, flat)
+  static = (dropout, float(forget_bias), matmul_dtype, bool(use_kernels))
+  hs, c, h = _recurrence(static, xp_TxRxG, xp_static, params["w_h"], carry.c, carry.h,
+                         live_TxR, keybits)
+  return type(carry)(c=c, h=h), hs

@@ -1,0 +1,112 @@
+"""The fused LSTM recurrence equals the plain cell step, in values and gradients, with and
+without the C++ CPU kernels."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sketch_vae import cells, fused_lstm, rnn
+
+B, T, I, H = 5, 7, 6, 8
+
+
+def test_cpu_kernels_build_here():
+  # The CI machine and this one have g++: the fast path must really be in use.
+  assert fused_lstm.cpu_kernels_available(), fused_lstm.kernel_status()
+
+
+def _setup():
+  params = cells.lstm(H).init(jax.random.key(0), I)
+  params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape), params)
+  xs = jax.random.normal(jax.random.key(1), (T, B, I))
+  mask = jnp.arange(T)[:, None] < jnp.array([7, 3, 5, 1, 6])[None, :]
+  carry = cells.LSTMCarry(c=jnp.full((B, H), 0.1), h=jnp.full((B, H), -0.2))
+  return params, xs, mask, carry
+
+
+@pytest.mark.parametrize("kernels", [False, True])
+@pytest.mark.parametrize("keyed", [None, "one", "per_row"])
+def test_fused_equals_plain_step_values_and_gradients(kernels, keyed):
+  params, xs, mask, carry = _setup()
+  key = {None: None, "one": jax.random.key(4), "per_row": jax.random.split(jax.random.key(4), B)}[keyed]
+  static = jax.random.normal(jax.random.key(5), (B, 2))
+  fast = cells.lstm(H, dropout_keep=0.7, fused=True, cpu_kernels=kernels)
+  plain = cells.lstm(H, dropout_keep=0.7, fused=False)
+
+  def loss(p, xs, static, cell):
+    final, hs = rnn.unroll(cell, p, carry, xs[..., :4], static_BxJ=static, dropout_key=key, mask_TxB=mask)
+    return jnp.sum(jnp.sin(hs)) + jnp.sum(final.c ** 2) + jnp.sum(final.h), (final, hs)
+
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True), static_argnums=3)
+  (va, (fa, ha)), ga = grad(params, xs, static, fast)
+  (vb, (fb, hb)), gb = grad(params, xs, static, plain)
+  np.testing.assert_allclose(ha, hb, rtol=1e-5, atol=2e-6)
+  np.testing.assert_allclose(fa.c, fb.c, rtol=1e-5, atol=2e-6)
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  if keyed is not None:  # dropout really happened (differs from no-key run)
+    nokey = rnn.unroll(fast, params, carry, xs[..., :4], static_BxJ=static, mask_TxB=mask)[1]
+    assert not np.allclose(nokey, ha)
+
+
+def test_held_rows_keep_their_carry_and_pass_gradients_through():
+  params, xs, mask, carry = _setup()
+  fast = cells.lstm(H, fused=True)
+  final, hs = rnn.unroll(fast, params, carry, xs, mask_TxB=mask)
+  # Row 3 is live for one step only: its final state is its state after step 0.
+  np.testing.assert_allclose(final.h[3], hs[0, 3], rtol=1e-6)
+  np.testing.assert_allclose(hs[5, 3], hs[0, 3], rtol=1e-6)
+  g = jax.grad(lambda x: jnp.sum(rnn.unroll(fast, params, carry, x, mask_TxB=mask)[0].h))(xs)
+  assert np.all(np.asarray(g)[1:, 3] == 0.0) and np.any(np.asarray(g)[0, 3] != 0.0)
+
+
+@pytest.mark.parametrize("dropout", [(0.8, False, False), (0.6, True, False), (0.6, True, True)])
+def test_ffi_kernels_equal_jnp_equations(dropout):
+  """Elementwise kernels alone, on wide-ranging inputs (gates up to +-40)."""
+  assert fused_lstm.cpu_kernels_available()
+  k = jax.random.split(jax.random.key(0), 8)
+  R, Hk = 12, 40
+  gates = 8.0 * jax.random.normal(k[0], (R, 4 * Hk))
+  gates = gates.at[0].set(40.0).at[1].set(-40.0)
+  c_prev = 2.0 * jax.random.normal(k[1], (R, Hk))
+  h_prev = jax.random.normal(k[2], (R, Hk))
+  live = jax.random.bernoulli(k[3], 0.8, (R,))
+  keybits = jax.random.bits(k[4], (R, 2), jnp.uint32)
+  a = jax.jit(lambda *x: fused_lstm._fwd_ffi(*x, dropout=dropout, forget_bias=1.0))(
+      gates, c_prev, h_prev, live, keybits)
+  b = fused_lstm._fwd_jnp(gates, c_prev, h_prev, live, keybits, dropout=dropout, forget_bias=1.0)
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(x, y, rtol=2e-6, atol=2e-6)
+  dh, dc = jax.random.normal(k[5], (R, Hk)), jax.random.normal(k[6], (R, Hk))
+  c_new, _, acts = b
+  a = jax.jit(lambda *x: fused_lstm._bwd_ffi(*x, dropout=dropout))(dh, dc, acts, c_prev, c_new, live, keybits)
+  b = fused_lstm._bwd_jnp(dh, dc, acts, c_prev, c_new, live, keybits, dropout=dropout)
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
+
+
+def test_vmapped_over_directions_like_the_encoder():
+  params, xs, mask, carry = _setup()
+  stacked = jax.tree.map(lambda a: jnp.stack([a, a * 0.5]), params)
+  lengths = jnp.array([7, 3, 5, 1, 6])
+  fast = cells.lstm(H, fused=True)
+  plain = cells.lstm(H, fused=False)
+  keys = jax.random.split(jax.random.key(2), B)
+
+  def enc(p, cell):
+    return jnp.sum(rnn.bidirectional_final(cell, p, xs, lengths, dropout_key=keys) ** 2)
+
+  va, ga = jax.value_and_grad(enc)(stacked, fast)
+  vb, gb = jax.value_and_grad(enc)(stacked, plain)
+  assert float(va) == pytest.approx(float(vb), rel=1e-5)
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_matmuls_stay_close_to_float32():
+  params, xs, mask, carry = _setup()
+  f32 = rnn.unroll(cells.lstm(H), params, carry, xs, mask_TxB=mask)[1]
+  bf16 = rnn.unroll(cells.lstm(H, matmul_dtype=jnp.bfloat16), params, carry, xs, mask_TxB=mask,
+                    matmul_dtype=jnp.bfloat16)[1]
+  err = float(jnp.abs(f32 - bf16).max())
+  assert 0 < err < 0.05
