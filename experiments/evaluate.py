@@ -6,6 +6,13 @@ definition), pen_loss_masked (over the sketch only), kl_loss (floored),
 kl_loss_raw, and the number of sketches. The data are normalised with the
 model's own scale factor and padded to its N_max; longer sketches are dropped
 and counted. Deterministic for a seed (z is sampled, as in the original).
+
+`--rescale` multiplies the data's offsets before scoring: for pretrained
+models whose drawings lived in another pixel space than the data (the browser
+models' scale factors, 61 to 94, are about 2.5x the offset spread of 0..255
+Quick Draw files). `auto` picks the factor that makes the offsets' spread over
+the data's train split (or the scored split, if train is empty) equal the
+model's scale factor.
 """
 import json
 import sys
@@ -20,6 +27,21 @@ flags.DEFINE_string("checkpoint", "best", "best, latest, or a step number.")
 flags.DEFINE_integer("batch_size", 100, "Evaluation batch (must divide over the devices).")
 flags.DEFINE_integer("num_devices", 0, "Local devices to use (0 = all).")
 flags.DEFINE_integer("seed", 0, "Seed for z's eps.")
+flags.DEFINE_string("rescale", "1", "Multiply the data's offsets by this, or 'auto' (see above).")
+
+
+def _rescale(dataset, split):
+  """Scales the (already normalised) offsets in place; returns the factor used."""
+  import numpy as np
+  if FLAGS.rescale != "auto":
+    factor = float(FLAGS.rescale)
+  else:
+    ref = dataset.splits["train"] or dataset.splits[split]
+    factor = 1.0 / float(np.std(np.concatenate([s[:, 0:2].reshape(-1) for s in ref])))
+  for sketches in dataset.splits.values():
+    for s in sketches:
+      s[:, 0:2] *= factor
+  return factor
 
 
 def main(argv):
@@ -30,12 +52,13 @@ def main(argv):
     config, facts, params, step = checkpoint.load_model(FLAGS.workdir, FLAGS.checkpoint)
     paths = FLAGS.data or evaluation.training_data(FLAGS.workdir)
     dataset = data.load(paths, facts=facts)
+    rescale = _rescale(dataset, FLAGS.split)
     result = evaluation.evaluate_split(config, params, dataset, FLAGS.split,
                                        batch_size=FLAGS.batch_size, num_devices=FLAGS.num_devices,
                                        seed=FLAGS.seed)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
-  result.update(checkpoint_step=step, split=FLAGS.split, data=paths)
+  result.update(checkpoint_step=step, split=FLAGS.split, data=paths, rescale=rescale)
   print(json.dumps(result))
 
 

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstring>
 #include <thread>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -33,8 +34,10 @@ namespace {
 inline float exp_approx(float x) {
   // exp by range reduction x = n ln2 + r, |r| <= ln2 / 2, and a degree-6 Taylor
   // polynomial for e^r (relative error about 1e-7), scaled by 2^n via the exponent bits.
-  x = std::min(88.0f, std::max(-87.0f, x));
-  float n = std::nearbyint(x * 1.44269504088896341f);
+  // Written without calls or branches so that gcc vectorises the loops using it.
+  x = x > 88.0f ? 88.0f : x;
+  x = x < -87.0f ? -87.0f : x;
+  float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
   float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-6f;
   float p = 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
@@ -44,9 +47,7 @@ inline float exp_approx(float x) {
   p = p * r + 1.0f;
   p = p * r + 1.0f;
   int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return p * __builtin_bit_cast(float, bits);
 }
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
@@ -60,7 +61,7 @@ inline float tanh_approx(float x) {
                                                                         x2 * (62.0f / 2835.0f)))));
   float e = exp_approx(2.0f * x);
   float large = (e - 1.0f) / (e + 1.0f);
-  return std::fabs(x) < 0.25f ? small : large;
+  return (x < 0.25f && x > -0.25f) ? small : large;
 }
 
 inline uint32_t fmix32(uint32_t x) {
@@ -79,14 +80,56 @@ struct Dropout {
   float inv_keep;
 };
 
-// Multiplier of the candidate for (row, unit): mask / keep, or 1 without dropout.
-inline float drop_scale(const Dropout& d, const uint32_t* keys, int64_t row, int64_t unit, int64_t H) {
-  if (!d.on) return 1.0f;
-  uint32_t k0 = keys[2 * row], k1 = keys[2 * row + 1];
-  uint32_t index = static_cast<uint32_t>(d.flat_index ? row * H + unit : unit);
-  uint32_t x = fmix32((index * 0x9E3779B9u) ^ k0);
-  x = fmix32(x ^ k1);
-  return x < d.threshold ? d.inv_keep : 0.0f;
+// scale[k] = mask / keep for the H units of one row (all 1 without dropout).
+void drop_scales(const Dropout& d, const uint32_t* keys, int64_t row, int64_t H,
+                 float* __restrict scale) {
+  if (!d.on) {
+    for (int64_t k = 0; k < H; ++k) scale[k] = 1.0f;
+    return;
+  }
+  const uint32_t k0 = keys[2 * row], k1 = keys[2 * row + 1];
+  const uint32_t base = d.flat_index ? static_cast<uint32_t>(row * H) : 0u;
+  for (int64_t k = 0; k < H; ++k) {
+    uint32_t x = fmix32(((base + static_cast<uint32_t>(k)) * 0x9E3779B9u) ^ k0);
+    x = fmix32(x ^ k1);
+    scale[k] = x < d.threshold ? d.inv_keep : 0.0f;
+  }
+}
+
+void forward_row(int64_t H, float forget_bias, const float* __restrict g, const float* __restrict cp,
+                 const float* __restrict scale, float* __restrict c_out, float* __restrict h_out,
+                 float* __restrict acts) {
+  for (int64_t k = 0; k < H; ++k) {
+    float i = sigmoid(g[k]);
+    float jt = tanh_approx(g[H + k]);
+    float f = sigmoid(g[2 * H + k] + forget_bias);
+    float o = sigmoid(g[3 * H + k]);
+    float c = cp[k] * f + i * jt * scale[k];
+    c_out[k] = c;
+    h_out[k] = tanh_approx(c) * o;
+    acts[k] = i;
+    acts[H + k] = jt;
+    acts[2 * H + k] = f;
+    acts[3 * H + k] = o;
+  }
+}
+
+void backward_row(int64_t H, const float* __restrict dh, const float* __restrict dc,
+                  const float* __restrict acts, const float* __restrict cp,
+                  const float* __restrict cn, const float* __restrict scale,
+                  float* __restrict dg, float* __restrict dc_prev, float* __restrict dh_pass) {
+  for (int64_t k = 0; k < H; ++k) {
+    float i = acts[k], jt = acts[H + k], f = acts[2 * H + k], o = acts[3 * H + k];
+    float s = scale[k];
+    float tc = tanh_approx(cn[k]);
+    float dct = dc[k] + dh[k] * o * (1.0f - tc * tc);
+    dg[k] = dct * jt * s * i * (1.0f - i);
+    dg[H + k] = dct * i * s * (1.0f - jt * jt);
+    dg[2 * H + k] = dct * cp[k] * f * (1.0f - f);
+    dg[3 * H + k] = dh[k] * tc * o * (1.0f - o);
+    dc_prev[k] = dct * f;
+    dh_pass[k] = 0.0f;
+  }
 }
 
 // Runs fn(row_begin, row_end) over [0, rows) on the pool's threads and this one.
@@ -134,29 +177,17 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gates, ffi::Buffe
   float* ho = h_out->typed_data();
   float* ac = acts->typed_data();
   parallel_rows(pool, R, 4 * H, [&](int64_t r0, int64_t r1) {
+    std::vector<float> scale(H);
     for (int64_t r = r0; r < r1; ++r) {
-      const float* gr = g + r * 4 * H;
-      float* ar = ac + r * 4 * H;
       if (!lv[r]) {
         std::memcpy(co + r * H, cp + r * H, H * sizeof(float));
         std::memcpy(ho + r * H, hp + r * H, H * sizeof(float));
-        std::memset(ar, 0, 4 * H * sizeof(float));
+        std::memset(ac + r * 4 * H, 0, 4 * H * sizeof(float));
         continue;
       }
-#pragma omp simd
-      for (int64_t k = 0; k < H; ++k) {
-        float i = sigmoid(gr[k]);
-        float jt = tanh_approx(gr[H + k]);
-        float f = sigmoid(gr[2 * H + k] + forget_bias);
-        float o = sigmoid(gr[3 * H + k]);
-        float c = cp[r * H + k] * f + i * jt * drop_scale(d, ks, r, k, H);
-        co[r * H + k] = c;
-        ho[r * H + k] = tanh_approx(c) * o;
-        ar[k] = i;
-        ar[H + k] = jt;
-        ar[2 * H + k] = f;
-        ar[3 * H + k] = o;
-      }
+      drop_scales(d, ks, r, H, scale.data());
+      forward_row(H, forget_bias, g + r * 4 * H, cp + r * H, scale.data(), co + r * H, ho + r * H,
+                  ac + r * 4 * H);
     }
   });
   return ffi::Error::Success();
@@ -183,29 +214,17 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dh, ffi::Buffer<
   float* dcp_out = dc_prev->typed_data();
   float* dhpass = dh_pass->typed_data();
   parallel_rows(pool, R, 4 * H, [&](int64_t r0, int64_t r1) {
+    std::vector<float> scale(H);
     for (int64_t r = r0; r < r1; ++r) {
-      float* dgr = dg + r * 4 * H;
       if (!lv[r]) {  // the step held its carry: gradients pass straight through
-        std::memset(dgr, 0, 4 * H * sizeof(float));
+        std::memset(dg + r * 4 * H, 0, 4 * H * sizeof(float));
         std::memcpy(dcp_out + r * H, dcp + r * H, H * sizeof(float));
         std::memcpy(dhpass + r * H, dhp + r * H, H * sizeof(float));
         continue;
       }
-      const float* ar = ac + r * 4 * H;
-#pragma omp simd
-      for (int64_t k = 0; k < H; ++k) {
-        float i = ar[k], jt = ar[H + k], f = ar[2 * H + k], o = ar[3 * H + k];
-        float s = drop_scale(d, ks, r, k, H);
-        float tc = tanh_approx(cn[r * H + k]);
-        float dhk = dhp[r * H + k];
-        float dct = dcp[r * H + k] + dhk * o * (1.0f - tc * tc);
-        dgr[k] = dct * jt * s * i * (1.0f - i);
-        dgr[H + k] = dct * i * s * (1.0f - jt * jt);
-        dgr[2 * H + k] = dct * cp[r * H + k] * f * (1.0f - f);
-        dgr[3 * H + k] = dhk * tc * o * (1.0f - o);
-        dcp_out[r * H + k] = dct * f;
-        dhpass[r * H + k] = 0.0f;
-      }
+      drop_scales(d, ks, r, H, scale.data());
+      backward_row(H, dhp + r * H, dcp + r * H, ac + r * 4 * H, cp + r * H, cn + r * H,
+                   scale.data(), dg + r * 4 * H, dcp_out + r * H, dhpass + r * H);
     }
   });
   return ffi::Error::Success();
