@@ -107,7 +107,11 @@ def test_launcher_writes_all_artefacts_and_loss_falls(tmp_path):
   assert "train step 40/40" in out.stdout
   for name in ("config.json", "data_facts.json", "dataset.json", "metrics.jsonl"):
     assert (workdir / name).exists(), name
-  assert list((workdir / "tb").glob("events.out.tfevents.*"))
+  # TensorBoard holds the same scalars as metrics.jsonl.
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(str(workdir / "tb"))
+  acc.Reload()
+  tb_recon = [(e.step, e.value) for e in acc.Scalars("train/recon_loss")]
   assert sorted(os.listdir(workdir / "checkpoints" / "latest")) == ["20", "40"]
   assert os.listdir(workdir / "checkpoints" / "best")
   events = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -117,6 +121,9 @@ def test_launcher_writes_all_artefacts_and_loss_falls(tmp_path):
   assert needed <= set(trains[0])
   assert {"valid"} <= {e["split"] for e in events}
   assert [e["step"] for e in trains] == [10, 20, 30, 40]
+  assert [s for s, _ in tb_recon] == [10, 20, 30, 40]
+  np.testing.assert_allclose([v for _, v in tb_recon], [e["recon_loss"] for e in trains], rtol=1e-6)
+  assert "valid/recon_loss" in acc.Tags()["scalars"]
   assert trains[-1]["recon_loss"] < trains[0]["recon_loss"] - 0.1  # it learns
   facts = json.loads((workdir / "data_facts.json").read_text())
   assert facts["max_seq_len"] <= 80 and facts["scale_factor"] > 1
