@@ -61,6 +61,18 @@ class Transform(NamedTuple):
     return (np.asarray(uv_Kx2, np.float64) - (self.offset_x, self.offset_y)) / self.scale
 
 
+class Highlight(NamedTuple):
+  """A grid cell: one stroke-3 sketch whose rows from `start` on are drawn in `color`.
+
+  For a completed drawing: the given prefix in the grid's colour, the sampled
+  continuation in this one. One sketch, so both parts share one fitted
+  transform; a continuation that starts mid-stroke joins the prefix's last point.
+  """
+  strokes: np.ndarray
+  start: int
+  color: str = "#d62728"
+
+
 class _Style(NamedTuple):
   stroke_width: float
   color: str
@@ -152,6 +164,22 @@ class _GridLayout(NamedTuple):
   labels: list  # (x, y, text, kind) of every label's centre.
 
 
+def _check_cell(cell, where: str):
+  """None, a checked [N, 3] array, or a Highlight holding one."""
+  if cell is None:
+    return None
+  if isinstance(cell, Highlight):
+    arr = check_strokes(cell.strokes, where)
+    if not 0 <= int(cell.start) <= len(arr):
+      raise ValueError(f"{where}: highlight start {cell.start} is outside 0..{len(arr)}")
+    return cell._replace(strokes=arr, start=int(cell.start))
+  return check_strokes(cell, where)
+
+
+def _cell_strokes(cell) -> np.ndarray:
+  return cell.strokes if isinstance(cell, Highlight) else cell
+
+
 def _grid_layout(rows, row_labels, col_labels, cell, label_width, label_height) -> _GridLayout:
   """Checked cells, ragged rows padded with empty cells, strips and label places."""
   if len(rows) == 0:
@@ -159,9 +187,8 @@ def _grid_layout(rows, row_labels, col_labels, cell, label_width, label_height) 
   n_cols = max(len(row) for row in rows)
   if n_cols == 0:
     raise ValueError("every row is empty: a grid needs at least one column")
-  grid = [[None if s is None else check_strokes(s, f"row {i}, column {j}")
-           for j, s in enumerate(row)] + [None] * (n_cols - len(row))
-          for i, row in enumerate(rows)]
+  grid = [[_check_cell(s, f"row {i}, column {j}") for j, s in enumerate(row)]
+          + [None] * (n_cols - len(row)) for i, row in enumerate(rows)]
   if row_labels is not None and len(row_labels) != len(grid):
     raise ValueError(f"{len(row_labels)} row labels for {len(grid)} rows")
   if col_labels is not None and len(col_labels) != n_cols:
@@ -181,6 +208,22 @@ def _stroke_colors(n_strokes: int, style: _Style) -> list[str]:
           for i in range(n_strokes)]
 
 
+def _colored_lines(cell, style: _Style) -> list[tuple[np.ndarray, str]]:
+  """(absolute polyline, colour) pairs of a cell; a Highlight's tail gets its colour."""
+  arr, start = (cell.strokes, cell.start) if isinstance(cell, Highlight) else (cell, len(cell))
+  head = strokes_lib.stroke3_to_polylines(arr[:start])
+  out = list(zip(head, _stroke_colors(len(head), style)))
+  if start >= len(arr):
+    return out
+  tail = arr[start:].copy()
+  end_xy = arr[:start, 0:2].sum(axis=0)
+  tail[0, 0:2] += end_xy  # the tail's offsets continue from where the head stopped
+  lines = strokes_lib.stroke3_to_polylines(tail)
+  if start > 0 and arr[start - 1, 2] < 0.5:  # cut mid-stroke: join the head's last point
+    lines[0] = np.concatenate([end_xy[None], lines[0]])
+  return out + [(line, cell.color) for line in lines]
+
+
 def _num(v: float) -> str:
   """4 decimals: sub-1e-4 px error, short text; '-0' is written as '0'."""
   text = f"{v:.4f}".rstrip("0").rstrip(".")
@@ -197,14 +240,13 @@ def _svg_sketch(arr: Optional[np.ndarray], transform: Optional[Transform], style
                 corner: tuple[float, float] = (0.0, 0.0)) -> list[str]:
   """One <g class="sketch"> with a <path> per stroke, translated to `corner`."""
   move = f' transform="translate({_num(corner[0])} {_num(corner[1])})"' if any(corner) else ""
-  lines = [] if arr is None else strokes_lib.stroke3_to_polylines(arr)
+  lines = [] if arr is None else _colored_lines(arr, style)
   kind = "sketch" if lines else "sketch empty"
-  colors = _stroke_colors(len(lines), style)
   common = "" if style.color_by_stroke else f" stroke={quoteattr(style.color)}"
   out = [f'<g class="{kind}"{move} fill="none" stroke-width="{_num(style.stroke_width)}" '
          f'stroke-linecap="round" stroke-linejoin="round"{common}>']
-  for line, color in zip(lines, colors):
-    own = f" stroke={quoteattr(color)}" if style.color_by_stroke else ""
+  for line, color in lines:
+    own = f" stroke={quoteattr(color)}" if style.color_by_stroke or color != style.color else ""
     out.append(f'<path d="{_path_data(transform.apply(line))}"{own}/>')
   out.append("</g>")
   return out
@@ -255,7 +297,7 @@ def grid_to_svg(rows, *, row_labels: Optional[Sequence[str]] = None,
       if frame:
         body.append(f'<rect x="{x0 + 0.5}" y="{y0 + 0.5}" width="{cell - 1}" height="{cell - 1}" '
                     f'fill="none" stroke="{FRAME_COLOR}" stroke-width="1"/>')
-      transform = None if arr is None else fit_transform(arr, cell, cell, m)
+      transform = None if arr is None else fit_transform(_cell_strokes(arr), cell, cell, m)
       body.extend(_svg_sketch(arr, transform, style, (x0, y0)))
   return _svg_document(*g.size, body, background)
 
@@ -277,8 +319,7 @@ def _draw_sketch(draw: ImageDraw.ImageDraw, arr: np.ndarray, transform: Transfor
   """
   width_px = max(1, round(style.stroke_width * k))
   radius = width_px / 2
-  lines = strokes_lib.stroke3_to_polylines(arr)
-  for line, color in zip(lines, _stroke_colors(len(lines), style)):
+  for line, color in _colored_lines(arr, style):
     pts_Kx2 = (transform.apply(line) + corner) * k - 0.5
     pts = [tuple(p) for p in pts_Kx2.tolist()]
     if len(pts) > 1:
@@ -339,7 +380,7 @@ def grid_to_png(rows, path=None, *, row_labels: Optional[Sequence[str]] = None,
   def paint(draw, k):
     for i, j, x0, y0 in corners:
       if g.grid[i][j] is not None:
-        transform = fit_transform(g.grid[i][j], cell, cell, m)
+        transform = fit_transform(_cell_strokes(g.grid[i][j]), cell, cell, m)
         _draw_sketch(draw, g.grid[i][j], transform, style, (x0, y0), k)
 
   image = _raster(g.size, background, antialias, paint)
@@ -363,8 +404,9 @@ def save_sketches(path_prefix, rows, *, row_labels: Optional[Sequence[str]] = No
   or re-scored later: `strokes` is a 1-d object array of the non-empty cells in
   row-major order, each as given (dtype kept); `grid_index` [n, 2] holds their
   (row, column) and `grid_shape` the grid's (rows, columns); `row_labels` and
-  `col_labels` are present when given. Load with allow_pickle=True.
-  `style` goes to both `grid_to_svg` and `grid_to_png`.
+  `col_labels` are present when given; `highlight_start` [n] (a Highlight's
+  `start`, -1 for plain cells) when any cell is a Highlight. Load with
+  allow_pickle=True. `style` goes to both `grid_to_svg` and `grid_to_png`.
   """
   grid = _grid_layout(rows, row_labels, col_labels, cell, 0, 0).grid  # fail before writing.
   prefix = os.fspath(path_prefix)
@@ -377,9 +419,12 @@ def save_sketches(path_prefix, rows, *, row_labels: Optional[Sequence[str]] = No
   cells = [(i, j) for i, row in enumerate(grid) for j, arr in enumerate(row) if arr is not None]
   strokes = np.empty(len(cells), dtype=object)  # object array even if shapes agree.
   for n, (i, j) in enumerate(cells):
-    strokes[n] = np.asarray(rows[i][j])
+    strokes[n] = np.asarray(_cell_strokes(rows[i][j]))
   arrays = dict(strokes=strokes, grid_index=np.array(cells, np.int32).reshape(-1, 2),
                 grid_shape=np.array([len(grid), len(grid[0])], np.int32))
+  starts = [grid[i][j].start if isinstance(grid[i][j], Highlight) else -1 for i, j in cells]
+  if any(start >= 0 for start in starts):
+    arrays["highlight_start"] = np.array(starts, np.int32)
   for key, texts in (("row_labels", row_labels), ("col_labels", col_labels)):
     if texts is not None:
       arrays[key] = np.array([str(t) for t in texts], dtype=str)

@@ -39,12 +39,16 @@ def path_points(d):
   return np.array(numbers).reshape(-1, 2)
 
 
+def dots_once(points_Kx2):
+  """A one-point stroke is drawn as a zero-length path: keep its point once."""
+  return points_Kx2[:1] if len(points_Kx2) == 2 and np.array_equal(*points_Kx2) else points_Kx2
+
+
 def drawn_points(root):
   """Canvas points of every path, one per sketch point (a dot's repeat dropped)."""
   pts = []
   for path in root.iter(SVG + "path"):
-    p = path_points(path.get("d"))
-    pts.append(p[:1] if len(p) == 2 and np.array_equal(p[0], p[1]) else p)
+    pts.append(dots_once(path_points(path.get("d"))))
   return np.concatenate(pts)
 
 
@@ -252,3 +256,39 @@ def test_bad_shapes_and_labels_raise():
     render.grid_to_svg([[HAND_Nx3], [HAND_Nx3]], row_labels=["x"])
   with pytest.raises(ValueError, match="rows is empty"):
     render.grid_to_png([])
+
+
+@pytest.mark.parametrize("start", [2, 3])  # 2 cuts the first stroke; 3 follows a pen lift.
+def test_highlight_draws_the_tail_in_its_colour_in_the_same_frame(start, tmp_path):
+  absolute_Nx2 = np.cumsum(HAND_Nx3[:, :2], axis=0)
+  cell = render.Highlight(HAND_Nx3, start, "#ff0000")
+  root = ET.fromstring(render.grid_to_svg([[HAND_Nx3, cell]], cell=100, margin=5, frame=False))
+  plain_group, lit_group = sketch_groups(root)
+  assert lit_group.get("stroke") == "black"
+  paths = [(dots_once(path_points(p.get("d"))), p.get("stroke")) for p in lit_group.iter(SVG + "path")]
+  assert {color for _, color in paths} == {None, "#ff0000"}  # None: the group's black.
+  head = np.concatenate([pts for pts, color in paths if color is None])
+  tail = np.concatenate([pts for pts, color in paths if color == "#ff0000"])
+  # Same fitted transform as the plain sketch: every point lands where it does there.
+  transform = render.fit_transform(HAND_Nx3, 100, 100, 5)
+  expected_Nx2 = transform.apply(absolute_Nx2)
+  np.testing.assert_allclose(drawn_points(plain_group), expected_Nx2, atol=1e-3)
+  np.testing.assert_allclose(head, expected_Nx2[:start], atol=1e-3)
+  if start == 2:  # cut mid-stroke: the tail starts at the head's last point, unbroken.
+    np.testing.assert_allclose(tail[0], expected_Nx2[start - 1], atol=1e-3)
+    tail = tail[1:]
+  np.testing.assert_allclose(tail, expected_Nx2[start:], atol=1e-3)
+  # The PNG shows both colours; the npz keeps the whole sketch and the start.
+  _, png_path, npz_path = render.save_sketches(tmp_path / "lit", [[cell, HAND_Nx3]], cell=100,
+                                               stroke_width=4)
+  pixels = np.asarray(Image.open(png_path).convert("RGB")).reshape(-1, 3).astype(int)
+  assert ((pixels[:, 0] > 200) & (pixels[:, 1] < 60) & (pixels[:, 2] < 60)).sum() > 20
+  assert (pixels.max(axis=1) < 60).sum() > 20
+  data = np.load(npz_path, allow_pickle=True)
+  np.testing.assert_array_equal(data["strokes"][0], HAND_Nx3)
+  np.testing.assert_array_equal(data["highlight_start"], [start, -1])
+
+
+def test_highlight_start_must_lie_in_the_sketch():
+  with pytest.raises(ValueError, match="highlight start 7 is outside 0..6"):
+    render.grid_to_svg([[render.Highlight(HAND_Nx3, 7)]])
