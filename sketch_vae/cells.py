@@ -42,8 +42,8 @@ class Cell(NamedTuple):
   step: Callable[..., tuple]
   input_kernel: Callable[[Params], tuple]
   step_projected: Callable[..., tuple]
-  # Optional fast unroll with rnn.unroll's contract:
-  # scan(params, carry, xp [T, B, P], xp_static, live [T, B], dropout_key) -> (carry, hs).
+  # Optional fast unroll with rnn.unroll's contract: scan(params, carry, xs [T, B, I],
+  # xp_static, live [T, B], dropout_key) -> (carry, hs); it projects xs itself.
   scan: Optional[Callable[..., tuple]] = None
 
 

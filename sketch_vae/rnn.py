@@ -36,15 +36,14 @@ def unroll(cell: cells_lib.Cell, params, carry, xs_TxBxI, *, static_BxJ=None,
   """
   T, I = xs_TxBxI.shape[0], xs_TxBxI.shape[-1]
   w_x, b = cell.input_kernel(params)
-  xp_TxBxP = cells_lib.dot(xs_TxBxI, w_x[:I], matmul_dtype)
   xp_static = b
   if static_BxJ is not None:
     xp_static = cells_lib.dot(static_BxJ, w_x[I:], matmul_dtype) + b
   if mask_TxB is None:
     mask_TxB = jnp.ones(xs_TxBxI.shape[:2], bool)
-
   if cell.scan is not None and not remat:
-    return cell.scan(params, carry, xp_TxBxP, xp_static, mask_TxB, dropout_key)
+    return cell.scan(params, carry, xs_TxBxI, xp_static, mask_TxB, dropout_key)
+  xp_TxBxP = cells_lib.dot(xs_TxBxI, w_x[:I], matmul_dtype)
 
   def body(carry, inputs):
     t, xp_BxP, mask_B = inputs
