@@ -173,6 +173,11 @@ def _dot(x, w, matmul_dtype):
   return jnp.dot(x, w)
 
 
+def _operand(w, matmul_dtype):
+  """A weight in its matmul dtype, cast once outside the loop (not once per step)."""
+  return w if matmul_dtype is None else w.astype(matmul_dtype)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _recurrence(static, x_TxRxI, w_x, xp_static, w_h, c0, h0, live_TxR, keybits_TxRx2):
   return _forward(static, x_TxRxI, w_x, xp_static, w_h, c0, h0, live_TxR, keybits_TxRx2)[0]
@@ -181,6 +186,7 @@ def _recurrence(static, x_TxRxI, w_x, xp_static, w_h, c0, h0, live_TxR, keybits_
 def _forward(static, x, w_x, xp_static, w_h, c0, h0, live, keybits):
   dropout, forget_bias, matmul_dtype, use_kernels = static
   fwd = _pick(_fwd_ffi, _fwd_jnp, use_kernels, dropout=dropout, forget_bias=forget_bias)
+  w_x_op, w_h_op = _operand(w_x, matmul_dtype), _operand(w_h, matmul_dtype)
 
   def body(carry, inputs):
     c, h = carry
@@ -188,20 +194,26 @@ def _forward(static, x, w_x, xp_static, w_h, c0, h0, live, keybits):
     # The input projection is done here, per step: the inputs are narrow (5
     # stroke values), so this is cheaper than writing and reading a projected
     # [T, R, 4H] array, and its gradient needs no transposed copy of one.
-    gates = _dot(x_t, w_x, matmul_dtype) + xp_static + _dot(h, w_h, matmul_dtype)
+    gates = _dot(x_t, w_x_op, matmul_dtype) + xp_static + _dot(h, w_h_op, matmul_dtype)
     c, h, acts = fwd(gates, c, h, live_t, keys_t)
-    return (c, h), (h, c, acts)
+    # h is also kept transposed ([H, R]) so that the backward pass's dW_h
+    # matmuls are plain [H, R] x [R, G] products (XLA's fast path on CPU).
+    return (c, h), (h, _rows(h).T, c, acts)
 
-  (c, h), (hs, cs, acts) = jax.lax.scan(body, (c0, h0), (x, live, keybits))
-  return (hs, c, h), (hs, cs, acts)
+  (c, h), (hs, hs_t, cs, acts) = jax.lax.scan(body, (c0, h0), (x, live, keybits))
+  return (hs, c, h), (hs_t, cs, acts)
+
+
+def _rows(a):
+  return a.reshape(-1, a.shape[-1])
 
 
 def _recurrence_fwd(static, x, w_x, xp_static, w_h, c0, h0, live, keybits):
   # symbolic_zeros=True: primals arrive wrapped (value, perturbed).
   x, w_x, xp_static, w_h, c0, h0, live, keybits = (
       a.value for a in (x, w_x, xp_static, w_h, c0, h0, live, keybits))
-  out, (hs, cs, acts) = _forward(static, x, w_x, xp_static, w_h, c0, h0, live, keybits)
-  return out, (x, hs, cs, acts, w_x, xp_static, w_h, c0, h0, live, keybits)
+  out, (hs_t, cs, acts) = _forward(static, x, w_x, xp_static, w_h, c0, h0, live, keybits)
+  return out, (x, hs_t, cs, acts, w_x, xp_static, w_h, c0, h0, live, keybits)
 
 
 def _is_zero(x):
@@ -219,17 +231,17 @@ def _recurrence_bwd(static, residuals, cotangents):
   the [T, R, G] array and one matmul.
   """
   dropout, _, matmul_dtype, use_kernels = static
-  x, hs, cs, acts, w_x, xp_static, w_h, c0, h0, live, keybits = residuals
+  x, hs_t, cs, acts, w_x, xp_static, w_h, c0, h0, live, keybits = residuals
   d_hs, d_c_final, d_h_final = cotangents
-  T, H, G = hs.shape[0], h0.shape[-1], w_h.shape[-1]
+  T, H, G = hs_t.shape[0], h0.shape[-1], w_h.shape[-1]
   # An encoder uses only the final state: its per-step output gradients are a
   # symbolic zero, so no [T, R, H] array of zeros is made or read.
   zero_out = _is_zero(d_hs)
   d_c_final = jnp.zeros_like(c0) if _is_zero(d_c_final) else d_c_final
   d_h_final = jnp.zeros_like(h0) if _is_zero(d_h_final) else d_h_final
   bwd = _pick(_bwd_ffi, _bwd_jnp, use_kernels, dropout=dropout)
-  w_h_t, w_x_t = w_h.T, w_x.T
-  rows = lambda a: a.reshape(-1, a.shape[-1])
+  w_h_t, w_x_t = _operand(w_h.T, matmul_dtype), _operand(w_x.T, matmul_dtype)
+  h0_t = _rows(h0).T
 
   def body(carry, inputs):
     dh, dc, d_wh, d_wx, d_static = carry
@@ -240,8 +252,8 @@ def _recurrence_bwd(static, residuals, cotangents):
         t > 0, jax.lax.dynamic_index_in_dim(stack, jnp.maximum(t - 1, 0), keepdims=False), first)
     dgates, dc, dh_pass = bwd(dh, dc, acts_t, prev(cs, c0), c_new, live_t, keys_t)
     dh = _dot(dgates, w_h_t, matmul_dtype) + dh_pass
-    d_wh = d_wh + _dot(rows(prev(hs, h0)).T, rows(dgates), matmul_dtype)
-    d_wx = d_wx + _dot(rows(x_t).T, rows(dgates), matmul_dtype)
+    d_wh = d_wh + _dot(prev(hs_t, h0_t), _rows(dgates), matmul_dtype)
+    d_wx = d_wx + _dot(_rows(x_t).T, _rows(dgates), matmul_dtype)
     return (dh, dc, d_wh, d_wx, d_static + dgates), _dot(dgates, w_x_t, matmul_dtype)
 
   carry0 = (d_h_final, d_c_final, jnp.zeros((H, G), jnp.float32),
