@@ -10,7 +10,11 @@ import platform
 
 from absl import app, flags, logging
 
+from experiments import hugepages
+
 FLAGS = flags.FLAGS
+flags.DEFINE_boolean("huge_pages", True, "Re-run once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
+                     "(fewer page faults; see experiments/hugepages.py).")
 flags.DEFINE_enum("config", "A", ["A", "B", "C"], "A: LSTM (original default); B: layer norm; C: paper's large.")
 flags.DEFINE_enum("what", "train", ["train", "sample"], "Training step or sampling.")
 flags.DEFINE_boolean("json", False, "Print one JSON object.")
@@ -27,6 +31,7 @@ flags.DEFINE_integer("num_devices", 1, "Devices for the training step.")
 
 def main(argv):
   del argv
+  hugepages.reexec_with_huge_pages(FLAGS.huge_pages)
   logging.set_verbosity(logging.ERROR)
   import jax
   from sketch_vae import benchmark

@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from sketch_vae import checkpoint, data, evaluation, mdn, quickdraw, render, sample
+from sketch_vae import checkpoint, data, evaluation, mdn, pretrained, quickdraw, render, sample
 from sketch_vae import strokes as strokes_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A training (or imported) workdir.")
+flags.DEFINE_string("workdir", None, "A training (or imported) workdir, or bundled:cat / bundled:pig.")
 flags.DEFINE_string("checkpoint", "best", "best, latest, or a step number.")
 flags.DEFINE_string("output_dir", None, "Where the .svg, .png and .npz files go.")
 flags.DEFINE_string("name", None, "File name prefix of the outputs (default: the launcher's name).")
@@ -87,6 +87,9 @@ def clean_errors():
 def load_model(needs_encoder: Optional[str] = None) -> Model:
   """The model of --workdir at --checkpoint; `needs_encoder` names the use that needs one."""
   logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only restores
+  if FLAGS.workdir and FLAGS.workdir.startswith(pretrained.BUNDLED_PREFIX):
+    # bundled:cat -> imported once into the cache, then used like any workdir.
+    FLAGS.workdir = pretrained.ensure_workdir(FLAGS.workdir)
   if not FLAGS.workdir or not os.path.isdir(FLAGS.workdir):
     raise FileNotFoundError(f"--workdir {FLAGS.workdir!r} is not a directory")
   if FLAGS.checkpoint not in ("best", "latest") and not FLAGS.checkpoint.isdigit():

@@ -10,10 +10,14 @@ import sys
 
 from absl import app, flags, logging
 
+from experiments import hugepages
+
 from sketch_vae.config import Config, ModelSpec, PRESETS, TrainSpec  # noqa: F401
 from sketch_vae import config as config_lib
 
 FLAGS = flags.FLAGS
+flags.DEFINE_boolean("huge_pages", True, "Re-run once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
+                     "(fewer page faults; see experiments/hugepages.py).")
 flags.DEFINE_string("data", None, "Comma-separated sketch-rnn .npz files (classes are concatenated).")
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard files go here.")
 flags.DEFINE_enum("preset", "original", sorted(PRESETS), "Starting configuration.")
@@ -72,6 +76,7 @@ def build_config() -> Config:
 
 def main(argv):
   del argv
+  hugepages.reexec_with_huge_pages(FLAGS.huge_pages)
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   from sketch_vae import parallel
   if FLAGS.num_processes > 1:

@@ -20,7 +20,7 @@ import numpy as np
 
 from sketch_vae import config as config_lib
 from sketch_vae import flops as flops_lib
-from sketch_vae import parallel, sample, train
+from sketch_vae import mdn, model, parallel, sample, train
 
 CONFIGS = {
     "A": dict(enc_model="lstm", dec_model="lstm", enc_rnn_size=256, dec_rnn_size=512),
@@ -131,11 +131,49 @@ def bench_sample(config: config_lib.Config, *, num=1000, warmup=1, repeats=3) ->
   one = lambda: sample.sample_batch(spec, params, jax.random.key(3), temps[:1],
                                     z=None if z is None else z[:1], max_len=L).strokes
   t_one = _time(one, warmup, max(repeats, 5))
+  loop = _host_loop_sampler(spec, params, L)
+  t_loop = _time(lambda: loop(z), 1, 2)
   return {"what": "sample", "steps_per_sketch": L, "batch": num,
           "batch_median_s": statistics.median(t_batch),
           "batch_sketches_per_sec": num / statistics.median(t_batch),
           "one_median_s": statistics.median(t_one), "one_sketches_per_sec": 1 / statistics.median(t_one),
+          "host_loop_median_s": statistics.median(t_loop),
+          "host_loop_sketches_per_sec": 1 / statistics.median(t_loop),
           "peak_host_memory_mb": peak_host_memory_mb()}
+
+
+def _host_loop_sampler(spec, params, max_len: int):
+  """The original's sampler structure (model.py `sample`): one decoder step per host
+  call, the mixture sampled in NumPy, one sketch at a time. A stand-in for the
+  original TensorFlow sampler, which we cannot run here (TF1 with tf.contrib)."""
+  cell, dec = spec.dec_cell, params["decoder"]
+
+  @jax.jit
+  def step(carry, prev, z):
+    x = prev if z is None else jnp.concatenate([prev, z])
+    carry, h = cell.step(dec["rnn"], carry, x)
+    mix = mdn.split(h @ dec["out_w"] + dec["out_b"])
+    return carry, jnp.exp(mix.log_pi), mix.mu_x, mix.mu_y, jnp.exp(mix.log_sigma_x), \
+        jnp.exp(mix.log_sigma_y), mix.rho, jax.nn.softmax(mix.pen_logits)
+
+  def run(z_all):
+    rng = np.random.default_rng(0)
+    z = None if z_all is None else z_all[0]
+    carry = model.initial_carry(spec, params, z, ())
+    prev = np.array([0, 0, 1, 0, 0], np.float32)
+    out = np.zeros((max_len, 5), np.float32)
+    for t in range(max_len):
+      carry, pi, mx, my, sx, sy, rho, pen = jax.device_get(step(carry, prev, z))
+      j = rng.choice(len(pi), p=pi / pi.sum())
+      cov = [[sx[j] ** 2, rho[j] * sx[j] * sy[j]], [rho[j] * sx[j] * sy[j], sy[j] ** 2]]
+      dx, dy = rng.multivariate_normal([mx[j], my[j]], cov)
+      prev = np.zeros(5, np.float32)
+      prev[:2] = dx, dy
+      prev[2 + rng.choice(3, p=pen / pen.sum())] = 1.0
+      out[t] = prev
+    return out
+
+  return run
 
 
 def _never_end(params):

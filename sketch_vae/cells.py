@@ -45,6 +45,11 @@ class Cell(NamedTuple):
   # Optional fast unroll with rnn.unroll's contract: scan(params, carry, xs [T, B, I],
   # xp_static, live [T, B], dropout_key) -> (carry, hs); it projects xs itself.
   scan: Optional[Callable[..., tuple]] = None
+  # Optional split of step_projected around its big recurrent matmul, used by
+  # split_scan.py to hoist that matmul's weight gradient out of the loop:
+  #   step_projected(p, c, xp, k) == step_split(p, c, xp, c.h @ recurrent_kernel(p), k)
+  recurrent_kernel: Optional[Callable[[Params], Any]] = None
+  step_split: Optional[Callable[..., tuple]] = None
 
 
 class LSTMCarry(NamedTuple):
@@ -130,6 +135,13 @@ def _zeros_carry(hidden):
   return initial_carry
 
 
+def _projected_from_split(recurrent_kernel, step_split, matmul_dtype):
+  def step_projected(params, carry, xp, dropout_key=None):
+    hh = dot(carry.h, recurrent_kernel(params), matmul_dtype)
+    return step_split(params, carry, xp, hh, dropout_key)
+  return step_projected
+
+
 def _compose_step(input_kernel, step_projected, matmul_dtype):
   def step(params, carry, x, dropout_key=None):
     w_x, b = input_kernel(params)
@@ -156,11 +168,15 @@ def lstm(hidden_size: int, *, forget_bias: float = 1.0, dropout_keep: float = 0.
   def input_kernel(params):
     return params["w_x"], params["b"]
 
-  def step_projected(params, carry, xp_G, dropout_key=None):
-    gates = xp_G + dot(carry.h, params["w_h"], matmul_dtype)
-    c, o = lstm_update(carry.c, gates, dropout_key, dropout_keep, forget_bias)
+  def recurrent_kernel(params):
+    return params["w_h"]
+
+  def step_split(params, carry, xp_G, hh_G, dropout_key=None):
+    c, o = lstm_update(carry.c, xp_G + hh_G, dropout_key, dropout_keep, forget_bias)
     h = jnp.tanh(c) * jax.nn.sigmoid(o)
     return LSTMCarry(c=c, h=h), h
+
+  step_projected = _projected_from_split(recurrent_kernel, step_split, matmul_dtype)
 
   scan = None
   if fused:
@@ -168,7 +184,7 @@ def lstm(hidden_size: int, *, forget_bias: float = 1.0, dropout_keep: float = 0.
     scan = functools.partial(fused_lstm.scan, keep=dropout_keep, forget_bias=forget_bias,
                              matmul_dtype=matmul_dtype, use_kernels=cpu_kernels)
   return Cell("lstm", H, init, _zeros_carry(H), _compose_step(input_kernel, step_projected, matmul_dtype),
-              input_kernel, step_projected, scan)
+              input_kernel, step_projected, scan, recurrent_kernel, step_split)
 
 
 # ----------------------------------------------------------------------------
@@ -192,15 +208,19 @@ def layer_norm_lstm(hidden_size: int, *, forget_bias: float = 1.0, dropout_keep:
   def input_kernel(params):
     return params["w_x"], jnp.zeros((4 * H,), jnp.float32)
 
-  def step_projected(params, carry, xp_G, dropout_key=None):
-    gates = xp_G + dot(carry.h, params["w_h"], matmul_dtype)
-    gates = layer_norm_gates(gates, params["ln_gates_gain"], params["ln_gates_shift"])
+  def recurrent_kernel(params):
+    return params["w_h"]
+
+  def step_split(params, carry, xp_G, hh_G, dropout_key=None):
+    gates = layer_norm_gates(xp_G + hh_G, params["ln_gates_gain"], params["ln_gates_shift"])
     c, o = lstm_update(carry.c, gates, dropout_key, dropout_keep, forget_bias)
     h = jnp.tanh(layer_norm(c, params["ln_c_gain"], params["ln_c_shift"])) * jax.nn.sigmoid(o)
     return LSTMCarry(c=c, h=h), h
 
+  step_projected = _projected_from_split(recurrent_kernel, step_split, matmul_dtype)
   return Cell("layer_norm", H, init, _zeros_carry(H),
-              _compose_step(input_kernel, step_projected, matmul_dtype), input_kernel, step_projected)
+              _compose_step(input_kernel, step_projected, matmul_dtype), input_kernel, step_projected,
+              None, recurrent_kernel, step_split)
 
 
 # ----------------------------------------------------------------------------
@@ -266,14 +286,19 @@ def hyper_lstm(hidden_size: int, *, hyper_num_units: int = 256, hyper_embedding_
     path = path_G.reshape(*path_G.shape[:-1], 4, H)
     return scale * path
 
-  def step_projected(params, carry, xp, dropout_key=None):
+  def recurrent_kernel(params):
+    # h_prev feeds the main cell (W_h) and the hyper cell's input rows for h:
+    # one [H, 4H + 4K] matmul per step instead of two.
     input_size = params["w_x"].shape[0]
+    return jnp.concatenate([params["w_h"], params["hyper"]["w_x"][input_size:]], axis=1)
+
+  def step_split(params, carry, xp, hh, dropout_key=None):
     xh_G, hyper_xp = xp[..., :4 * H], xp[..., 4 * H:]
-    # The hyper cell reads concat(x, h_prev): its x rows were projected already.
-    hyper_xp = hyper_xp + dot(carry.h, params["hyper"]["w_x"][input_size:], matmul_dtype)
+    hh_G, hyper_hh = hh[..., :4 * H], hh[..., 4 * H:]
+    # The hyper cell reads concat(x, h_prev): both parts arrive projected.
     hyper_key = None if (dropout_key is None or hyper_keep >= 1.0) else keys_lib.fold_in(dropout_key, 1)
-    hyper_carry, hyper_h = hyper_cell.step_projected(params["hyper"], carry.hyper, hyper_xp, hyper_key)
-    hh_G = dot(carry.h, params["w_h"], matmul_dtype)
+    hyper_carry, hyper_h = hyper_cell.step_projected(params["hyper"], carry.hyper,
+                                                     hyper_xp + hyper_hh, hyper_key)
     x_part = _scale(hyper_h, params["x_zw"], params["x_zw_b"], params["x_alpha"], xh_G)
     h_part = _scale(hyper_h, params["h_zw"], params["h_zw_b"], params["h_alpha"], hh_G)
     zb = jnp.einsum("...k,gke->...ge", hyper_h, params["h_zb"])
@@ -285,8 +310,9 @@ def hyper_lstm(hidden_size: int, *, hyper_num_units: int = 256, hyper_embedding_
     h = jnp.tanh(layer_norm(c, params["ln_c_gain"], params["ln_c_shift"])) * jax.nn.sigmoid(o)
     return HyperCarry(c=c, h=h, hyper=hyper_carry), h
 
+  step_projected = _projected_from_split(recurrent_kernel, step_split, matmul_dtype)
   return Cell("hyper", H, init, initial_carry, _compose_step(input_kernel, step_projected, matmul_dtype),
-              input_kernel, step_projected)
+              input_kernel, step_projected, None, recurrent_kernel, step_split)
 
 
 CELLS: dict[str, Callable[..., Cell]] = {

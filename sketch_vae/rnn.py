@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from sketch_vae import cells as cells_lib
 from sketch_vae import keys as keys_lib
+from sketch_vae import split_scan
 
 
 def unroll(cell: cells_lib.Cell, params, carry, xs_TxBxI, *, static_BxJ=None,
@@ -43,6 +44,9 @@ def unroll(cell: cells_lib.Cell, params, carry, xs_TxBxI, *, static_BxJ=None,
     mask_TxB = jnp.ones(xs_TxBxI.shape[:2], bool)
   if cell.scan is not None and not remat:
     return cell.scan(params, carry, xs_TxBxI, xp_static, mask_TxB, dropout_key)
+  if cell.step_split is not None and not remat:
+    return split_scan.scan(cell, params, carry, xs_TxBxI, xp_static, mask_TxB, dropout_key,
+                           matmul_dtype=matmul_dtype)
   xp_TxBxP = cells_lib.dot(xs_TxBxI, w_x[:I], matmul_dtype)
 
   def body(carry, inputs):
