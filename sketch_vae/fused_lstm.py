@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sketch_vae import keys as keys_lib
+from sketch_vae.cells import dot as _dot
 
 _SOURCE = pathlib.Path(__file__).parent / "kernels" / "lstm_cpu.cc"
 _STATUS = {"loaded": False, "reason": "not tried"}
@@ -165,12 +166,6 @@ def _pick(ffi_fn, jnp_fn, use_kernels: bool, **static):
 
 # ----------------------------------------------------------------------------
 # The recurrence with its custom VJP.
-
-
-def _dot(x, w, matmul_dtype):
-  if matmul_dtype is not None and matmul_dtype != jnp.float32:
-    return jnp.dot(x.astype(matmul_dtype), w.astype(matmul_dtype), preferred_element_type=jnp.float32)
-  return jnp.dot(x, w)
 
 
 def _operand(w, matmul_dtype):

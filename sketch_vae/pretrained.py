@@ -16,7 +16,6 @@ named by their stem: `cat` is assets/models/cat.gen.json.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from sketch_vae import browser
+from sketch_vae import browser, quickdraw
 from sketch_vae import checkpoint as ckpt_lib
 from sketch_vae import config as config_lib
 from sketch_vae.browser import BrowserModelError
@@ -66,14 +65,6 @@ def resolve_model(name_or_path: str) -> str:
                           f"(bundled: {', '.join(bundled) or 'none'})")
 
 
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
-
-
 def _read_json(path: str) -> Optional[dict]:
   if not os.path.exists(path):
     return None
@@ -104,7 +95,8 @@ def import_to_workdir(name_or_path: str, workdir: str) -> browser.BrowserModel:
     ckpts.save_best(0, host, float("inf"))
   finally:
     ckpts.close()
-  record = {"format": "sketch-rnn-js", "source": os.path.abspath(path), "sha256": _sha256(path),
+  record = {"format": "sketch-rnn-js", "source": os.path.abspath(path),
+            "sha256": quickdraw.file_sha256(path),
             "bytes": os.path.getsize(path), "info": model.info, "step": 0,
             "quantisation_step": browser.QUANT_STEP}
   ckpt_lib.write_text_atomic(os.path.join(workdir, IMPORTED_FILE), json.dumps(record, indent=2))
@@ -130,7 +122,7 @@ def ensure_workdir(name_or_path: str, cache_dir: Optional[str] = None) -> str:
   path = resolve_model(name_or_path)
   cache_dir = cache_dir or default_cache_dir()
   stem = os.path.basename(path).split(".")[0]
-  target = os.path.join(cache_dir, f"{stem}-{_sha256(path)[:12]}")
+  target = os.path.join(cache_dir, f"{stem}-{quickdraw.file_sha256(path)[:12]}")
   if os.path.isfile(os.path.join(target, ckpt_lib.CONFIG_FILE)):
     return target
   os.makedirs(cache_dir, exist_ok=True)

@@ -334,7 +334,8 @@ def write_npz(path: str, splits: dict[str, Sequence[np.ndarray]]) -> None:
 # The whole conversion, with its record.
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+  """Hex sha256 of a file, read in 1 MB blocks (recorded in conversion and import reports)."""
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -403,7 +404,7 @@ def convert(paths: Sequence[str] | str, *, epsilon: float | None = 2.0, resample
   sketches, seen_keys, seen_content = [], set(), set()
   for path in paths:
     check_file(path)
-    source = dict(path=path, sha256=_sha256(path), bytes=os.path.getsize(path), read=0, kept=0)
+    source = dict(path=path, sha256=file_sha256(path), bytes=os.path.getsize(path), read=0, kept=0)
     report.sources.append(source)
     for item in iter_drawings(path):
       report.read += 1

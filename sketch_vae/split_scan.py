@@ -27,14 +27,9 @@ import jax
 import jax.numpy as jnp
 
 from sketch_vae import keys as keys_lib
+from sketch_vae.cells import dot as _dot
 
 CHUNK = 25  # time steps per weight-gradient matmul after the reverse scan
-
-
-def _dot(x, w, matmul_dtype):
-  if matmul_dtype is not None and matmul_dtype != jnp.float32:
-    return jnp.dot(x.astype(matmul_dtype), w.astype(matmul_dtype), preferred_element_type=jnp.float32)
-  return jnp.dot(x, w)
 
 
 def _held(live, new, old):

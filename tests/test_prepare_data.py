@@ -11,7 +11,7 @@ import rdp as rdp_pkg
 
 from sketch_vae import data
 from sketch_vae import quickdraw
-from conftest import BUNDLED, REPO
+from conftest import BUNDLED, REPO, absolute_strokes, write_lines
 
 # np.cross on 2-d vectors inside the `rdp` package.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -24,25 +24,14 @@ TINY = [[[0, 10, 20, 30], [0, 1, 5, 0]], [[5, 5], [10, 30]]]
 TINY_STROKE3 = [[0, 0, 0], [20, 5, 0], [10, -5, 1], [-25, 10, 0], [0, 20, 1]]
 
 
-def _write(path, lines):
-  path.write_text("".join(line + "\n" for line in lines))
-  return str(path)
-
-
-def _absolute_strokes(s3):
-  xy = np.cumsum(np.asarray(s3, np.int64)[:, :2], axis=0)
-  cuts = np.flatnonzero(np.asarray(s3)[:, 2] == 1) + 1
-  return [part for part in np.split(xy, cuts) if len(part)]
-
-
 def _run(*args):
   return subprocess.run([sys.executable, "-m", "experiments.prepare_data", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=120)
 
 
 def test_prepare_hand_checked_and_first_cat(tmp_path):
-  tiny = _write(tmp_path / "tiny.ndjson", [json.dumps({"key_id": "t", "drawing": TINY})])
-  first_cat = _write(tmp_path / "cat1.ndjson", [pathlib.Path(CAT).read_text().splitlines()[0]])
+  tiny = write_lines(tmp_path / "tiny.ndjson", [json.dumps({"key_id": "t", "drawing": TINY})])
+  first_cat = write_lines(tmp_path / "cat1.ndjson", [pathlib.Path(CAT).read_text().splitlines()[0]])
   out = tmp_path / "out" / "two.npz"
   report = quickdraw.prepare([tiny, first_cat], str(out), train=1, valid=1, test=0, seed=0)
   splits = data.read_npz(str(out))
@@ -53,7 +42,7 @@ def test_prepare_hand_checked_and_first_cat(tmp_path):
   cat = [s for s in both if len(s) != 5][0]
   original = json.loads(pathlib.Path(first_cat).read_text())["drawing"]
   want = [rdp_pkg.rdp(np.array(s, np.float64).T, epsilon=2.0) for s in original]
-  got = _absolute_strokes(cat)
+  got = absolute_strokes(cat)
   assert len(got) == len(want)
   for g, w in zip(got, want):
     np.testing.assert_array_equal(g, w)
@@ -86,7 +75,7 @@ def test_prepare_rejects_bad_output_name(tmp_path):
 
 
 def test_launcher_skips_and_counts(tmp_path):
-  bad = _write(tmp_path / "bad.ndjson", [
+  bad = write_lines(tmp_path / "bad.ndjson", [
       json.dumps({"key_id": "b1", "drawing": TINY}),
       '{"drawing": [[[1, 2, 3], [1, 2]]]}',
       "not json",
@@ -113,7 +102,7 @@ def test_launcher_skips_and_counts(tmp_path):
 
 
 def test_launcher_strict_stops_with_one_line(tmp_path):
-  bad = _write(tmp_path / "bad.ndjson", [json.dumps({"drawing": TINY}),
+  bad = write_lines(tmp_path / "bad.ndjson", [json.dumps({"drawing": TINY}),
                                          '{"drawing": [[[1, NaN], [1, 2]]]}'])
   proc = _run(f"--input={bad}", f"--output={tmp_path / 'x.npz'}", "--strict")
   assert proc.returncode == 1

@@ -8,7 +8,7 @@ import rdp as rdp_pkg
 
 from sketch_vae import data
 from sketch_vae import quickdraw
-from conftest import BUNDLED
+from conftest import BUNDLED, absolute_strokes, write_lines
 
 # np.cross on 2-d vectors inside the `rdp` package.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -29,18 +29,6 @@ def _lines(path):
   return pathlib.Path(path).read_text().splitlines()
 
 
-def _write(path, lines):
-  path.write_text("".join(line + "\n" for line in lines))
-  return str(path)
-
-
-def _absolute_strokes(s3):
-  """Independent of the library: cumulative sums, cut after each pen lift."""
-  xy = np.cumsum(np.asarray(s3, np.int64)[:, :2], axis=0)
-  cuts = np.flatnonzero(np.asarray(s3)[:, 2] == 1) + 1
-  return [part for part in np.split(xy, cuts) if len(part)]
-
-
 def test_tiny_drawing_by_hand():
   d = quickdraw.parse_drawing(TINY, "tiny")
   assert not d.is_raw
@@ -54,7 +42,7 @@ def test_tiny_drawing_by_hand():
 def test_first_cat_equals_rdp_package_per_stroke():
   record = json.loads(_lines(CAT)[0])
   out = quickdraw.to_stroke3(quickdraw.parse_record(record, "cat line 1"), epsilon=2.0)
-  got = _absolute_strokes(out)
+  got = absolute_strokes(out)
   want = [rdp_pkg.rdp(np.array(s, np.float64).T, epsilon=2.0) for s in record["drawing"]]
   assert len(got) == len(want) == 9
   for g, w in zip(got, want):
@@ -118,10 +106,10 @@ def test_raw_pigs_against_independent_recipe():
     for got, want in zip(resampled, reference):
       np.testing.assert_allclose(got, want, atol=1e-6)
     # No resampling: conversion = rdp package on the scaled points, then rounding.
-    got = _absolute_strokes(quickdraw.to_stroke3(d, 2.0, resample=False))
+    got = absolute_strokes(quickdraw.to_stroke3(d, 2.0, resample=False))
     for g, s in zip(got, scaled):
       np.testing.assert_array_equal(g, np.round(rdp_pkg.rdp(s, epsilon=2.0)))
-    out = np.concatenate(_absolute_strokes(quickdraw.to_stroke3(d, 2.0, resample=True)))
+    out = np.concatenate(absolute_strokes(quickdraw.to_stroke3(d, 2.0, resample=True)))
     assert out.min() >= 0 and out.max() <= 255
 
 
@@ -152,7 +140,7 @@ BAD_LINES = [
 
 @pytest.mark.parametrize("line,reason,message", BAD_LINES)
 def test_bad_line(tmp_path, line, reason, message):
-  path = _write(tmp_path / "cat.ndjson", [GOOD, line])
+  path = write_lines(tmp_path / "cat.ndjson", [GOOD, line])
   with pytest.raises(quickdraw.QuickDrawError) as e:
     quickdraw.convert(path, strict=True, train=1, valid=0, test=0)
   assert str(e.value).startswith(f"{path} line 2: ")
@@ -185,8 +173,8 @@ def test_whole_file_problems(tmp_path):
       str(tmp_path / "missing.ndjson"): "no such file",
       str(tmp_path): "not a file",
       str(BUNDLED / "aaron_sheep.npz"): "unsupported file type '.npz'",
-      _write(tmp_path / "dict.json", ['{"drawing": []}']): "expected a JSON list of drawings",
-      _write(tmp_path / "broken.json", ["[[[[1], [2]]]"]): "not valid JSON",
+      write_lines(tmp_path / "dict.json", ['{"drawing": []}']): "expected a JSON list of drawings",
+      write_lines(tmp_path / "broken.json", ["[[[[1], [2]]]"]): "not valid JSON",
   }
   for path, message in cases.items():
     for strict in (False, True):  # a whole-file problem is never skipped
@@ -201,7 +189,7 @@ def test_whole_file_problems(tmp_path):
 
 def test_json_list_format_and_out_of_range(tmp_path):
   items = [TINY, [[[0, 1], [0]]], [[[0, 40000], [0, 0]]]]
-  path = _write(tmp_path / "cats.json", [json.dumps(items)])
+  path = write_lines(tmp_path / "cats.json", [json.dumps(items)])
   with pytest.raises(quickdraw.QuickDrawError, match=r"cats.json item 1: stroke 0 has 2 x values"):
     quickdraw.convert(path, strict=True, train=1, valid=0, test=0)
   splits, report = quickdraw.convert(path, epsilon=None, train=1, valid=0, test=0)
@@ -228,7 +216,7 @@ def test_recognized_filter():
 
 
 def test_recognized_filter_keeps_drawings_without_the_field(tmp_path):
-  path = _write(tmp_path / "a.ndjson", [json.dumps({"recognized": False, "drawing": TINY}),
+  path = write_lines(tmp_path / "a.ndjson", [json.dumps({"recognized": False, "drawing": TINY}),
                                         json.dumps({"drawing": TINY}),
                                         json.dumps({"recognized": True, "drawing": [[[1], [1]]]})])
   _, report = quickdraw.convert(path, recognized_only=True, valid=0, test=0)
@@ -237,14 +225,14 @@ def test_recognized_filter_keeps_drawings_without_the_field(tmp_path):
 
 def test_deduplicate(tmp_path):
   other = [[[1, 2, 3], [3, 2, 9]]]
-  ndjson = _write(tmp_path / "a.ndjson", [
+  ndjson = write_lines(tmp_path / "a.ndjson", [
       json.dumps({"key_id": "1", "drawing": TINY}),
       json.dumps({"key_id": "1", "drawing": other}),  # same key_id: duplicate
       json.dumps({"key_id": "2", "drawing": TINY}),  # same strokes, own key_id: kept
       json.dumps({"drawing": other}),  # no key_id, new content: kept
       json.dumps({"drawing": TINY}),  # no key_id, seen content: duplicate
   ])
-  listed = _write(tmp_path / "b.json", [json.dumps([other, TINY, [[[7], [7]]]])])
+  listed = write_lines(tmp_path / "b.json", [json.dumps([other, TINY, [[[7], [7]]]])])
   _, report = quickdraw.convert([ndjson, listed], valid=0, test=0)
   assert (report.read, report.kept, report.dropped) == (8, 4, {"duplicate": 4})
   assert report.examples["duplicate"][0] == f"{ndjson} line 2: same key_id 1 as an earlier drawing"
