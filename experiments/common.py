@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from sketch_vae import checkpoint, data, evaluation, mdn, pretrained, quickdraw, render, sample
+from sketch_vae import checkpoint, data, evaluation, mdn, pretrained, quickdraw, render_grid, sample
 from sketch_vae import strokes as strokes_lib
 
 FLAGS = flags.FLAGS
@@ -234,7 +234,7 @@ def _in_units(cell, facts: data.DataFacts):
   """A grid cell's strokes in --units (cells are normalised until here)."""
   if cell is None or FLAGS.units == "normalized":
     return cell
-  if isinstance(cell, render.Highlight):
+  if isinstance(cell, render_grid.Highlight):
     return cell._replace(strokes=_in_units(cell.strokes, facts))
   out = np.array(cell, np.float32)
   out[:, 0:2] *= facts.scale_factor
@@ -247,8 +247,8 @@ def save(default_name: str, rows, facts: data.DataFacts, *, row_labels=None,
   if not FLAGS.output_dir:
     raise ValueError("--output_dir is required")
   labels = [str(t) for t in row_labels or []]
-  label_width = max(render.LABEL_WIDTH, 16 + 8 * max((len(t) for t in labels), default=0))
-  paths = render.save_sketches(
+  label_width = max(render_grid.LABEL_WIDTH, 16 + 8 * max((len(t) for t in labels), default=0))
+  paths = render_grid.save_sketches(
       os.path.join(FLAGS.output_dir, FLAGS.name or default_name),
       [[_in_units(c, facts) for c in row] for row in rows], row_labels=row_labels,
       col_labels=col_labels, cell=FLAGS.cell, label_width=label_width)

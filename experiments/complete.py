@@ -14,7 +14,7 @@ from absl import app, flags
 from experiments import common
 from sketch_vae import sample
 from sketch_vae import strokes as strokes_lib
-from sketch_vae.render import Highlight
+from sketch_vae.render_grid import Highlight
 
 flags.adopt_module_key_flags(common)
 flags.DEFINE_integer("prefix_strokes", None, "Keep only the first N strokes of each input.")

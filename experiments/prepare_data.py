@@ -12,7 +12,7 @@ import sys
 from absl import app
 from absl import flags
 
-from sketch_vae import quickdraw
+from sketch_vae import quickdraw, quickdraw_dataset
 
 flags.DEFINE_list("input", None, "Comma-separated .ndjson (simplified or raw) or .json files.")
 flags.DEFINE_string("output", None, "Output .npz; the report goes beside it as .json.")
@@ -49,7 +49,7 @@ def main(argv):
     print(f"prepare_data: error: bad split size ({e})", file=sys.stderr)
     return 1
   try:
-    report = quickdraw.prepare(
+    report = quickdraw_dataset.prepare(
         FLAGS.input, FLAGS.output, epsilon=FLAGS.epsilon, resample=FLAGS.resample,
         raw_size=FLAGS.raw_size or None, start_at_origin=FLAGS.start_at_origin,
         recognized_only=FLAGS.recognized_only, deduplicate=FLAGS.dedup, strict=FLAGS.strict,

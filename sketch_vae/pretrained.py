@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from sketch_vae import browser, quickdraw
+from sketch_vae import browser, quickdraw_dataset
 from sketch_vae import checkpoint as ckpt_lib
 from sketch_vae import config as config_lib
 from sketch_vae.browser import BrowserModelError
@@ -96,7 +96,7 @@ def import_to_workdir(name_or_path: str, workdir: str) -> browser.BrowserModel:
   finally:
     ckpts.close()
   record = {"format": "sketch-rnn-js", "source": os.path.abspath(path),
-            "sha256": quickdraw.file_sha256(path),
+            "sha256": quickdraw_dataset.file_sha256(path),
             "bytes": os.path.getsize(path), "info": model.info, "step": 0,
             "quantisation_step": browser.QUANT_STEP}
   ckpt_lib.write_text_atomic(os.path.join(workdir, IMPORTED_FILE), json.dumps(record, indent=2))
@@ -122,7 +122,7 @@ def ensure_workdir(name_or_path: str, cache_dir: Optional[str] = None) -> str:
   path = resolve_model(name_or_path)
   cache_dir = cache_dir or default_cache_dir()
   stem = os.path.basename(path).split(".")[0]
-  target = os.path.join(cache_dir, f"{stem}-{quickdraw.file_sha256(path)[:12]}")
+  target = os.path.join(cache_dir, f"{stem}-{quickdraw_dataset.file_sha256(path)[:12]}")
   if os.path.isfile(os.path.join(target, ckpt_lib.CONFIG_FILE)):
     return target
   os.makedirs(cache_dir, exist_ok=True)

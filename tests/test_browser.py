@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from sketch_vae import browser, model, pretrained, quickdraw, sample, strokes
+from sketch_vae import browser, model, pretrained, quickdraw, quickdraw_dataset, sample, strokes
 from conftest import BUNDLED, REPO
 
 CAT_FILE = REPO / "sketch_vae" / "assets" / "models" / "cat.gen.json"
@@ -191,7 +191,7 @@ def test_cat_export_reproduces_the_file_and_launchers_run(cat_workdir, tmp_path)
   assert facts == {"scale_factor": 82.2, "max_seq_len": 130}
   # evaluate on the bundled cats, prepared into a tiny .npz.
   npz = tmp_path / "cats.npz"
-  quickdraw.prepare([str(BUNDLED / "cat.ndjson")], str(npz), train=10, valid=5, test=10)
+  quickdraw_dataset.prepare([str(BUNDLED / "cat.ndjson")], str(npz), train=10, valid=5, test=10)
   r = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={cat_workdir}",
                       f"--data={npz}", "--split=test", "--batch_size=8", "--rescale=auto"],
                      cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sketch_vae import checkpoint, data, evaluation, quickdraw, render
+from sketch_vae import checkpoint, data, evaluation, quickdraw_dataset, render_grid
 from experiments.paper import figures, make_datasets
 from experiments.paper import sweep as sweep_lib
 from conftest import BUNDLED, REPO
@@ -44,11 +44,11 @@ def tiny_run(tmp_path_factory):
   """cat and pig files of 25 drawings each (17/4/4), and the sweep over cat+pig, run once."""
   root = tmp_path_factory.mktemp("paper")
   for name in ("cat", "pig"):
-    quickdraw.prepare([str(BUNDLED / f"{name}.ndjson")], str(root / "data" / f"{name}.npz"),
-                      valid=4, test=4, seed=0)
+    quickdraw_dataset.prepare([str(BUNDLED / f"{name}.ndjson")],
+                              str(root / "data" / f"{name}.npz"), valid=4, test=4, seed=0)
   # A class the models never see, for the reconstructions of "other" inputs.
-  quickdraw.prepare([str(BUNDLED / "pig_raw10.ndjson")], str(root / "data" / "rawpig.npz"),
-                    valid=0, test=10, seed=0)
+  quickdraw_dataset.prepare([str(BUNDLED / "pig_raw10.ndjson")],
+                            str(root / "data" / "rawpig.npz"), valid=0, test=10, seed=0)
   sweep = sweep_lib.Sweep(datasets=("cat+pig",), settings=SETTINGS, root=str(root / "runs"),
                           data_dir=str(root / "data"), preset="small", num_steps=STEPS,
                           hparams=TINY, num_devices=1, eval_batch_size=8)
@@ -106,8 +106,8 @@ def _figure(tiny, name, n_rows, n_cols):
   prefix = os.path.join(tiny.root, "figures", name)
   with Image.open(prefix + ".png") as image:
     image.load()
-    assert image.size == render.grid_size(n_rows, n_cols, figures.CELL, row_labels=True,
-                                          col_labels=True, label_width=figures.LABEL_WIDTH)
+    assert image.size == render_grid.grid_size(n_rows, n_cols, figures.CELL, row_labels=True,
+                                               col_labels=True, label_width=figures.LABEL_WIDTH)
     assert len(set(image.convert("L").getdata())) > 2  # something is drawn
   assert "<svg" in open(prefix + ".svg").read()
   saved = np.load(prefix + ".npz", allow_pickle=True)

@@ -10,7 +10,7 @@ import pytest
 import rdp as rdp_pkg
 
 from sketch_vae import data
-from sketch_vae import quickdraw
+from sketch_vae import quickdraw, quickdraw_dataset
 from conftest import BUNDLED, REPO, absolute_strokes, write_lines
 
 # np.cross on 2-d vectors inside the `rdp` package.
@@ -33,7 +33,7 @@ def test_prepare_hand_checked_and_first_cat(tmp_path):
   tiny = write_lines(tmp_path / "tiny.ndjson", [json.dumps({"key_id": "t", "drawing": TINY})])
   first_cat = write_lines(tmp_path / "cat1.ndjson", [pathlib.Path(CAT).read_text().splitlines()[0]])
   out = tmp_path / "out" / "two.npz"
-  report = quickdraw.prepare([tiny, first_cat], str(out), train=1, valid=1, test=0, seed=0)
+  report = quickdraw_dataset.prepare([tiny, first_cat], str(out), train=1, valid=1, test=0, seed=0)
   splits = data.read_npz(str(out))
   both = splits["train"] + splits["valid"]
   assert len(both) == 2 and splits["test"] == []
@@ -59,19 +59,19 @@ def test_prepare_hand_checked_and_first_cat(tmp_path):
 
 def test_prepare_is_deterministic_for_a_seed(tmp_path):
   def splits_of(seed, name):
-    quickdraw.prepare([CAT, PIG_RAW], str(tmp_path / name), seed=seed, valid=5, test=5)
+    quickdraw_dataset.prepare([CAT, PIG_RAW], str(tmp_path / name), seed=seed, valid=5, test=5)
     with np.load(tmp_path / name, allow_pickle=True, encoding="latin1") as npz:
-      return {s: [x.tolist() for x in npz[s]] for s in quickdraw.SPLITS}
+      return {s: [x.tolist() for x in npz[s]] for s in quickdraw_dataset.SPLITS}
   a, b, c = splits_of(1, "a.npz"), splits_of(1, "b.npz"), splits_of(2, "c.npz")
   assert a == b and a["train"] != c["train"]
-  assert [len(a[s]) for s in quickdraw.SPLITS] == [25, 5, 5]
+  assert [len(a[s]) for s in quickdraw_dataset.SPLITS] == [25, 5, 5]
   pooled = lambda d: sorted(map(str, d["train"] + d["valid"] + d["test"]))  # noqa: E731
   assert pooled(a) == pooled(c)  # another seed, the same drawings
 
 
 def test_prepare_rejects_bad_output_name(tmp_path):
   with pytest.raises(quickdraw.QuickDrawError, match="should end in .npz"):
-    quickdraw.prepare(CAT, str(tmp_path / "out.json"))
+    quickdraw_dataset.prepare(CAT, str(tmp_path / "out.json"))
 
 
 def test_launcher_skips_and_counts(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import rdp as rdp_pkg
 
 from sketch_vae import data
-from sketch_vae import quickdraw
+from sketch_vae import quickdraw, quickdraw_dataset
 from conftest import BUNDLED, absolute_strokes, write_lines
 
 # np.cross on 2-d vectors inside the `rdp` package.
@@ -142,11 +142,11 @@ BAD_LINES = [
 def test_bad_line(tmp_path, line, reason, message):
   path = write_lines(tmp_path / "cat.ndjson", [GOOD, line])
   with pytest.raises(quickdraw.QuickDrawError) as e:
-    quickdraw.convert(path, strict=True, train=1, valid=0, test=0)
+    quickdraw_dataset.convert(path, strict=True, train=1, valid=0, test=0)
   assert str(e.value).startswith(f"{path} line 2: ")
   assert message in str(e.value)
   assert e.value.reason == reason
-  splits, report = quickdraw.convert(path, train=1, valid=0, test=0)
+  splits, report = quickdraw_dataset.convert(path, train=1, valid=0, test=0)
   assert (report.read, report.kept, report.dropped) == (2, 1, {reason: 1})
   assert report.examples[reason] == [str(e.value)]
   np.testing.assert_array_equal(splits["train"][0], TINY_STROKE3)
@@ -157,7 +157,7 @@ def test_bad_lines_counted_together(tmp_path):
   text = "\n".join([GOOD] + [line for line, _, _ in BAD_LINES] + [""]).encode()
   path = tmp_path / "mixed.ndjson"
   path.write_bytes(text + b"\n\xc3\x28{}\n")
-  _, report = quickdraw.convert(str(path), train=1, valid=0, test=0)
+  _, report = quickdraw_dataset.convert(str(path), train=1, valid=0, test=0)
   want = {}
   for _, reason, _ in BAD_LINES:
     want[reason] = want.get(reason, 0) + 1
@@ -179,20 +179,20 @@ def test_whole_file_problems(tmp_path):
   for path, message in cases.items():
     for strict in (False, True):  # a whole-file problem is never skipped
       with pytest.raises(quickdraw.QuickDrawError, match=message) as e:
-        quickdraw.convert(path, strict=strict)
+        quickdraw_dataset.convert(path, strict=strict)
       assert str(e.value).startswith(path)
   garbage = tmp_path / "garbage.ndjson"
   garbage.write_bytes(bytes(range(256)) * 4)
   with pytest.raises(quickdraw.QuickDrawError, match="no drawing kept.*(not valid JSON|UTF-8)"):
-    quickdraw.convert(str(garbage))
+    quickdraw_dataset.convert(str(garbage))
 
 
 def test_json_list_format_and_out_of_range(tmp_path):
   items = [TINY, [[[0, 1], [0]]], [[[0, 40000], [0, 0]]]]
   path = write_lines(tmp_path / "cats.json", [json.dumps(items)])
   with pytest.raises(quickdraw.QuickDrawError, match=r"cats.json item 1: stroke 0 has 2 x values"):
-    quickdraw.convert(path, strict=True, train=1, valid=0, test=0)
-  splits, report = quickdraw.convert(path, epsilon=None, train=1, valid=0, test=0)
+    quickdraw_dataset.convert(path, strict=True, train=1, valid=0, test=0)
+  splits, report = quickdraw_dataset.convert(path, epsilon=None, train=1, valid=0, test=0)
   assert report.dropped == {"bad_stroke": 1, "out_of_range": 1}
   np.testing.assert_array_equal(splits["train"][0], quickdraw.to_stroke3(
       quickdraw.parse_drawing(TINY, "t"), epsilon=None))
@@ -206,12 +206,12 @@ def test_recognized_filter():
   records = [json.loads(line) for line in _lines(CAT)]
   unrecognized = [i + 1 for i, r in enumerate(records) if not r["recognized"]]
   assert unrecognized  # the bundled file has some
-  _, report = quickdraw.convert(CAT, recognized_only=True)
+  _, report = quickdraw_dataset.convert(CAT, recognized_only=True)
   assert report.kept == len(records) - len(unrecognized)
   assert report.dropped == {"not_recognized": len(unrecognized)}
   assert report.examples["not_recognized"] == [f"{CAT} line {i}: recognized is false"
                                                for i in unrecognized]
-  _, report = quickdraw.convert(CAT)
+  _, report = quickdraw_dataset.convert(CAT)
   assert report.kept == len(records) and report.dropped == {}
 
 
@@ -219,7 +219,7 @@ def test_recognized_filter_keeps_drawings_without_the_field(tmp_path):
   path = write_lines(tmp_path / "a.ndjson", [json.dumps({"recognized": False, "drawing": TINY}),
                                         json.dumps({"drawing": TINY}),
                                         json.dumps({"recognized": True, "drawing": [[[1], [1]]]})])
-  _, report = quickdraw.convert(path, recognized_only=True, valid=0, test=0)
+  _, report = quickdraw_dataset.convert(path, recognized_only=True, valid=0, test=0)
   assert (report.kept, report.dropped) == (2, {"not_recognized": 1})
 
 
@@ -233,23 +233,23 @@ def test_deduplicate(tmp_path):
       json.dumps({"drawing": TINY}),  # no key_id, seen content: duplicate
   ])
   listed = write_lines(tmp_path / "b.json", [json.dumps([other, TINY, [[[7], [7]]]])])
-  _, report = quickdraw.convert([ndjson, listed], valid=0, test=0)
+  _, report = quickdraw_dataset.convert([ndjson, listed], valid=0, test=0)
   assert (report.read, report.kept, report.dropped) == (8, 4, {"duplicate": 4})
   assert report.examples["duplicate"][0] == f"{ndjson} line 2: same key_id 1 as an earlier drawing"
   assert report.examples["duplicate"][2] == f"{listed} item 0: same content as an earlier drawing"
-  _, report = quickdraw.convert([ndjson, listed], deduplicate=False, valid=0, test=0)
+  _, report = quickdraw_dataset.convert([ndjson, listed], deduplicate=False, valid=0, test=0)
   assert report.kept == 8
 
 
 @pytest.mark.skipif(not DOODLER_CAT.exists(), reason="shared data not present")
 def test_deduplicate_real_subset():
   # SOURCES.md: 4999 drawings, 4867 unique (counted there with a separate script).
-  _, report = quickdraw.convert(str(DOODLER_CAT), epsilon=None, valid=0, test=0)
+  _, report = quickdraw_dataset.convert(str(DOODLER_CAT), epsilon=None, valid=0, test=0)
   assert (report.read, report.kept) == (4999, 4867)
 
 
 def test_max_drawings_per_file(tmp_path):
-  _, report = quickdraw.convert([CAT, PIG_RAW], max_drawings=4, valid=1, test=1)
+  _, report = quickdraw_dataset.convert([CAT, PIG_RAW], max_drawings=4, valid=1, test=1)
   assert [s["kept"] for s in report.sources] == [4, 4]
   assert [s["read"] for s in report.sources] == [4, 4]
   assert report.formats == {"simplified": 4, "raw": 4}
@@ -260,23 +260,23 @@ def test_max_drawings_per_file(tmp_path):
 
 
 def test_split_sizes():
-  assert quickdraw.split_sizes(75000) == (70000, 2500, 2500)
-  assert quickdraw.split_sizes(100) == (94, 3, 3)
-  assert quickdraw.split_sizes(10, 5, 2, 1) == (5, 2, 1)
-  assert quickdraw.split_sizes(25, 0.8, 0.1, 0.1) == (21, 2, 2)  # train takes the rest
-  assert quickdraw.split_sizes(25, valid=4, test=0) == (21, 4, 0)
-  assert quickdraw.split_sizes(20, 0.5, 0.25) == (10, 5, 1)
+  assert quickdraw_dataset.split_sizes(75000) == (70000, 2500, 2500)
+  assert quickdraw_dataset.split_sizes(100) == (94, 3, 3)
+  assert quickdraw_dataset.split_sizes(10, 5, 2, 1) == (5, 2, 1)
+  assert quickdraw_dataset.split_sizes(25, 0.8, 0.1, 0.1) == (21, 2, 2)  # train takes the rest
+  assert quickdraw_dataset.split_sizes(25, valid=4, test=0) == (21, 4, 0)
+  assert quickdraw_dataset.split_sizes(20, 0.5, 0.25) == (10, 5, 1)
   for bad in [dict(train=30), dict(valid=-1), dict(test=1.5), dict(train=True), dict(valid="3")]:
     with pytest.raises(quickdraw.QuickDrawError):
-      quickdraw.split_sizes(25, **bad)
+      quickdraw_dataset.split_sizes(25, **bad)
 
 
 def test_split_is_seeded_permutation():
   items = list(range(50))
-  a = quickdraw.split_sketches(items, (40, 6, 3), seed=3)
-  assert a == quickdraw.split_sketches(items, (40, 6, 3), seed=3)
-  assert a != quickdraw.split_sketches(items, (40, 6, 3), seed=4)
-  assert [len(a[s]) for s in quickdraw.SPLITS] == [40, 6, 3]
+  a = quickdraw_dataset.split_sketches(items, (40, 6, 3), seed=3)
+  assert a == quickdraw_dataset.split_sketches(items, (40, 6, 3), seed=3)
+  assert a != quickdraw_dataset.split_sketches(items, (40, 6, 3), seed=4)
+  assert [len(a[s]) for s in quickdraw_dataset.SPLITS] == [40, 6, 3]
   used = a["train"] + a["valid"] + a["test"]
   assert len(set(used)) == 49
   order = np.random.default_rng(3).permutation(50)
@@ -286,7 +286,7 @@ def test_split_is_seeded_permutation():
 def test_write_npz_object_arrays(tmp_path):
   same = [np.array([[1, 2, 0], [3, 4, 1]])] * 3  # equal lengths
   path = str(tmp_path / "sub" / "x.npz")
-  quickdraw.write_npz(path, {"train": same, "valid": same[:1], "test": []})
+  quickdraw_dataset.write_npz(path, {"train": same, "valid": same[:1], "test": []})
   with np.load(path, allow_pickle=True, encoding="latin1") as npz:
     for name, n in [("train", 3), ("valid", 1), ("test", 0)]:
       assert npz[name].dtype == object and npz[name].shape == (n,)

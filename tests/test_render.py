@@ -1,4 +1,4 @@
-"""render: SVG structure and geometry, PNG pixels, grids, saved files, bad input."""
+"""render, render_grid: SVG structure and geometry, PNG pixels, grids, saved files, bad input."""
 import re
 import xml.etree.ElementTree as ET
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageColor
 
-from sketch_vae import render
+from sketch_vae import render, render_grid
 
 SVG = "{http://www.w3.org/2000/svg}"
 WHITE = (255, 255, 255)
@@ -155,9 +155,9 @@ def test_grid_svg_has_a_group_per_cell_and_the_labels(sheep):
   rows = [[sheep[0], sheep[1], sheep[2]], [sheep[3], None, HAND_Nx3]]
   row_labels, col_labels = ["τ=0.3", "τ=0.6"], ["a", "b<&>", "c"]
   cell = 100
-  root = ET.fromstring(render.grid_to_svg(rows, row_labels=row_labels, col_labels=col_labels,
-                                          cell=cell, margin=5))
-  width, height = render.grid_size(2, 3, cell, row_labels=True, col_labels=True)
+  root = ET.fromstring(render_grid.grid_to_svg(rows, row_labels=row_labels,
+                                               col_labels=col_labels, cell=cell, margin=5))
+  width, height = render_grid.grid_size(2, 3, cell, row_labels=True, col_labels=True)
   assert (int(root.get("width")), int(root.get("height"))) == (width, height)
   groups = sketch_groups(root)
   assert len(groups) == 6
@@ -173,7 +173,7 @@ def test_grid_svg_has_a_group_per_cell_and_the_labels(sheep):
     if sketch is None:
       continue
     tx, ty = map(float, re.findall(r"-?[\d.]+", group.get("transform")))
-    assert (tx, ty) == (render.LABEL_WIDTH + j * cell, render.LABEL_HEIGHT + i * cell)
+    assert (tx, ty) == (render_grid.LABEL_WIDTH + j * cell, render_grid.LABEL_HEIGHT + i * cell)
     # Each sketch is fitted to its own cell: inside the margin, and filling most of it.
     pts = np.concatenate([path_points(p.get("d")) for p in paths])
     assert pts.min() >= 5 - 1e-3 and pts.max() <= cell - 5 + 1e-3
@@ -183,18 +183,20 @@ def test_grid_svg_has_a_group_per_cell_and_the_labels(sheep):
 def test_grid_png_has_the_documented_size(sheep):
   rows = [[sheep[0], sheep[1], None], [sheep[2]]]  # ragged: padded with an empty cell.
   cell = 64
-  image = render.grid_to_png(rows, cell=cell, row_labels=["x", "y"], col_labels=["1", "2", "3"])
-  assert image.size == (3 * cell + render.LABEL_WIDTH, 2 * cell + render.LABEL_HEIGHT)
-  assert image.size == render.grid_size(2, 3, cell, row_labels=True, col_labels=True)
-  plain = render.grid_to_png(rows, cell=cell)
-  assert plain.size == (3 * cell, 2 * cell) == render.grid_size(2, 3, cell)
+  image = render_grid.grid_to_png(rows, cell=cell, row_labels=["x", "y"],
+                                  col_labels=["1", "2", "3"])
+  assert image.size == (3 * cell + render_grid.LABEL_WIDTH, 2 * cell + render_grid.LABEL_HEIGHT)
+  assert image.size == render_grid.grid_size(2, 3, cell, row_labels=True, col_labels=True)
+  plain = render_grid.grid_to_png(rows, cell=cell)
+  assert plain.size == (3 * cell, 2 * cell) == render_grid.grid_size(2, 3, cell)
   gray = np.asarray(plain.convert("L"))
   assert (gray[2:cell - 2, 2:cell - 2] < 100).any()  # a drawn cell has ink...
   assert (gray[2:cell - 2, 2 * cell + 2:3 * cell - 2] == 255).all()  # ...an empty one none.
   assert (gray[cell + 2:2 * cell - 2, cell + 2:2 * cell - 2] == 255).all()
   labelled = np.asarray(image.convert("L"))
-  assert (labelled[render.LABEL_HEIGHT:, :render.LABEL_WIDTH] < 128).any()  # row label text.
-  wide = render.grid_to_png(rows, cell=cell, row_labels=["x", "y"], label_width=30)
+  row_strip = labelled[render_grid.LABEL_HEIGHT:, :render_grid.LABEL_WIDTH]
+  assert (row_strip < 128).any()  # row label text.
+  wide = render_grid.grid_to_png(rows, cell=cell, row_labels=["x", "y"], label_width=30)
   assert wide.size == (3 * cell + 30, 2 * cell)
 
 
@@ -218,12 +220,12 @@ def test_color_by_stroke_gives_distinct_colors():
 def test_save_sketches_writes_three_files_and_the_strokes_round_trip(tmp_path, sheep):
   same_shape = np.arange(9, dtype=np.float32).reshape(3, 3) % 2
   rows = [[sheep[0], None], [same_shape, same_shape + 1], [sheep[5]]]
-  paths = render.save_sketches(tmp_path / "out" / "grid", rows, row_labels=["a", "b", "τ=1"],
-                               cell=50)
+  paths = render_grid.save_sketches(tmp_path / "out" / "grid", rows,
+                                    row_labels=["a", "b", "τ=1"], cell=50)
   assert [p.rsplit(".", 1)[1] for p in paths] == ["svg", "png", "npz"]
   svg_path, png_path, npz_path = paths
   assert len(sketch_groups(ET.parse(svg_path).getroot())) == 6
-  assert Image.open(png_path).size == render.grid_size(3, 2, 50, row_labels=True)
+  assert Image.open(png_path).size == render_grid.grid_size(3, 2, 50, row_labels=True)
   data = np.load(npz_path, allow_pickle=True, encoding="latin1")
   strokes = data["strokes"]
   assert strokes.dtype == object and strokes.shape == (4,)
@@ -246,23 +248,24 @@ def test_non_finite_offsets_raise_a_clear_error(bad):
   with pytest.raises(ValueError, match="non-finite"):
     render.sketch_to_png(sketch, None)
   with pytest.raises(ValueError, match="row 1, column 0: non-finite"):
-    render.grid_to_png([[HAND_Nx3], [sketch]])
+    render_grid.grid_to_png([[HAND_Nx3], [sketch]])
 
 
 def test_bad_shapes_and_labels_raise():
   with pytest.raises(ValueError, match=r"shape \[N, 3\]"):
     render.sketch_to_svg(np.zeros((4, 5)))
   with pytest.raises(ValueError, match="1 row labels for 2 rows"):
-    render.grid_to_svg([[HAND_Nx3], [HAND_Nx3]], row_labels=["x"])
+    render_grid.grid_to_svg([[HAND_Nx3], [HAND_Nx3]], row_labels=["x"])
   with pytest.raises(ValueError, match="rows is empty"):
-    render.grid_to_png([])
+    render_grid.grid_to_png([])
 
 
 @pytest.mark.parametrize("start", [2, 3])  # 2 cuts the first stroke; 3 follows a pen lift.
 def test_highlight_draws_the_tail_in_its_colour_in_the_same_frame(start, tmp_path):
   absolute_Nx2 = np.cumsum(HAND_Nx3[:, :2], axis=0)
-  cell = render.Highlight(HAND_Nx3, start, "#ff0000")
-  root = ET.fromstring(render.grid_to_svg([[HAND_Nx3, cell]], cell=100, margin=5, frame=False))
+  cell = render_grid.Highlight(HAND_Nx3, start, "#ff0000")
+  root = ET.fromstring(render_grid.grid_to_svg([[HAND_Nx3, cell]], cell=100, margin=5,
+                                               frame=False))
   plain_group, lit_group = sketch_groups(root)
   assert lit_group.get("stroke") == "black"
   paths = [(dots_once(path_points(p.get("d"))), p.get("stroke")) for p in lit_group.iter(SVG + "path")]
@@ -279,8 +282,8 @@ def test_highlight_draws_the_tail_in_its_colour_in_the_same_frame(start, tmp_pat
     tail = tail[1:]
   np.testing.assert_allclose(tail, expected_Nx2[start:], atol=1e-3)
   # The PNG shows both colours; the npz keeps the whole sketch and the start.
-  _, png_path, npz_path = render.save_sketches(tmp_path / "lit", [[cell, HAND_Nx3]], cell=100,
-                                               stroke_width=4)
+  _, png_path, npz_path = render_grid.save_sketches(tmp_path / "lit", [[cell, HAND_Nx3]],
+                                                    cell=100, stroke_width=4)
   pixels = np.asarray(Image.open(png_path).convert("RGB")).reshape(-1, 3).astype(int)
   assert ((pixels[:, 0] > 200) & (pixels[:, 1] < 60) & (pixels[:, 2] < 60)).sum() > 20
   assert (pixels.max(axis=1) < 60).sum() > 20
@@ -291,4 +294,4 @@ def test_highlight_draws_the_tail_in_its_colour_in_the_same_frame(start, tmp_pat
 
 def test_highlight_start_must_lie_in_the_sketch():
   with pytest.raises(ValueError, match="highlight start 7 is outside 0..6"):
-    render.grid_to_svg([[render.Highlight(HAND_Nx3, 7)]])
+    render_grid.grid_to_svg([[render_grid.Highlight(HAND_Nx3, 7)]])

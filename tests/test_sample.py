@@ -16,7 +16,8 @@ import pytest
 from absl import flags
 from PIL import Image
 
-from sketch_vae import checkpoint, config as config_lib, data, mdn, model, render, sample, train
+from sketch_vae import checkpoint, config as config_lib, data, mdn, model, sample, train
+from sketch_vae import render_grid
 from sketch_vae import strokes as strokes_lib
 from conftest import BUNDLED, REPO
 
@@ -285,9 +286,9 @@ def check_pictures(prefix, shape, cell=48):
   stored = np.load(f"{prefix}.npz", allow_pickle=True)
   assert tuple(stored["grid_shape"]) == shape
   labels = [str(t) for t in stored["row_labels"]] if "row_labels" in stored.files else []
-  label_width = max(render.LABEL_WIDTH, 16 + 8 * max(map(len, labels))) if labels else 0
+  label_width = max(render_grid.LABEL_WIDTH, 16 + 8 * max(map(len, labels))) if labels else 0
   width = shape[1] * cell + label_width
-  height = shape[0] * cell + (render.LABEL_HEIGHT if "col_labels" in stored.files else 0)
+  height = shape[0] * cell + (render_grid.LABEL_HEIGHT if "col_labels" in stored.files else 0)
   with Image.open(f"{prefix}.png") as image:
     assert image.size == (width, height)
   return stored

@@ -1,7 +1,7 @@
 """The sweep's pictures, after the paper's figures, drawn with the library alone.
 
 Written to <root>/figures/ as grid PNG + SVG (+ the strokes as .npz, see
-`render.save_sketches`); every sketch is in the model's normalised units.
+`render_grid.save_sketches`); every sketch is in the model's normalised units.
   reconstruct_<dataset>_<setting>  paper fig. 3-4: test inputs (and, marked
       "other", drawings of a class the model never saw) encoded to their
       posterior mean and decoded at rising temperature.
@@ -24,7 +24,7 @@ import os
 import jax
 import numpy as np
 
-from sketch_vae import checkpoint, data, render, sample
+from sketch_vae import checkpoint, data, render_grid, sample
 from sketch_vae import strokes as strokes_lib
 
 RECON_TEMPERATURES = (0.01, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -66,8 +66,8 @@ def _decode(config, params, facts, key, temperatures, z=None, prefix=None, prefi
 
 def _save(sweep, name, rows, row_labels, col_labels) -> str:
   prefix = os.path.join(sweep.root, "figures", name)
-  _, png, _ = render.save_sketches(prefix, rows, row_labels=row_labels, col_labels=col_labels,
-                                   cell=CELL, label_width=LABEL_WIDTH)
+  _, png, _ = render_grid.save_sketches(prefix, rows, row_labels=row_labels,
+                                        col_labels=col_labels, cell=CELL, label_width=LABEL_WIDTH)
   return png
 
 

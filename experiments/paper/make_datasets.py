@@ -7,7 +7,7 @@ not available here; the largest real subsets of the paper's classes are the
 cs50 "Doodler" files (4999 recognized drawings per class, simplified 0..255
 strokes, no key_id; see /work/shared/data/SOURCES.md). Each class goes through
 the same conversion as `python -m experiments.prepare_data` (it calls the same
-function, `quickdraw.prepare`, and prints the equivalent command): RDP at
+function, `quickdraw_dataset.prepare`, and prints the equivalent command): RDP at
 epsilon 2.0 per stroke, integer stroke-3, duplicates dropped by content, then
 one seeded permutation cut into train / valid / test. The report of every step
 is written beside each file as <class>.json.
@@ -32,7 +32,7 @@ import sys
 
 from absl import app, flags
 
-from sketch_vae import data, quickdraw
+from sketch_vae import data, quickdraw, quickdraw_dataset
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_OUTPUT = REPO / "data" / "quickdraw"
@@ -72,8 +72,8 @@ def make_class(name: str, output_dir=DEFAULT_OUTPUT, source_dir: str = DEFAULT_S
   if os.path.exists(output) and not force:
     return output
   source = os.path.join(source_dir, f"{name}.json")
-  quickdraw.prepare([source], output, epsilon=epsilon, deduplicate=True, valid=valid, test=test,
-                    seed=seed)
+  quickdraw_dataset.prepare([source], output, epsilon=epsilon, deduplicate=True, valid=valid,
+                            test=test, seed=seed)
   return output
 
 
