@@ -30,20 +30,6 @@ flags.DEFINE_integer("seed", 0, "Seed for z's eps.")
 flags.DEFINE_string("rescale", "1", "Multiply the data's offsets by this, or 'auto' (see above).")
 
 
-def _rescale(dataset, split):
-  """Scales the (already normalised) offsets in place; returns the factor used."""
-  import numpy as np
-  if FLAGS.rescale != "auto":
-    factor = float(FLAGS.rescale)
-  else:
-    ref = dataset.splits["train"] or dataset.splits[split]
-    factor = 1.0 / float(np.std(np.concatenate([s[:, 0:2].reshape(-1) for s in ref])))
-  for sketches in dataset.splits.values():
-    for s in sketches:
-      s[:, 0:2] *= factor
-  return factor
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only restores
@@ -52,10 +38,10 @@ def main(argv):
     config, facts, params, step = checkpoint.load_model(FLAGS.workdir, FLAGS.checkpoint)
     paths = FLAGS.data or evaluation.training_data(FLAGS.workdir)
     dataset = data.load(paths, facts=facts)
-    rescale = _rescale(dataset, FLAGS.split)
+    rescale = evaluation.rescale_offsets(dataset, FLAGS.split, FLAGS.rescale)
     result = evaluation.evaluate_split(config, params, dataset, FLAGS.split,
                                        batch_size=FLAGS.batch_size, num_devices=FLAGS.num_devices,
-                                       seed=FLAGS.seed)
+                                       seed=FLAGS.seed, rescale=rescale)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   result.update(checkpoint_step=step, split=FLAGS.split, data=paths, rescale=rescale)

@@ -51,14 +51,57 @@ def selection_loss(config: Config, m: dict) -> float:
 
 
 def evaluate_split(config: Config, params, dataset: data_lib.Dataset, split: str, *,
-                   batch_size: int = 100, num_devices: int = 0, seed: int = 0) -> dict:
-  """Host-side entry: params (unreplicated) over every sketch of `split`."""
+                   batch_size: int = 100, num_devices: int = 0, seed: int = 0,
+                   rescale: float = 1.0) -> dict:
+  """Host-side entry: params (unreplicated) over every sketch of `split`.
+
+  `rescale` is the factor the caller multiplied the normalised offsets by (see
+  `experiments.evaluate --rescale`); it only enters the pixel-space number.
+  """
   lay = parallel.layout(batch_size, num_devices)
-  result = evaluate(config, parallel.replicate(params, lay), dataset.splits[split], dataset.facts,
+  sketches = dataset.splits[split]
+  result = evaluate(config, parallel.replicate(params, lay), sketches, dataset.facts,
                     lay, pmap_eval(config, lay), seed)
   r = dataset.report[split]
   result.update(dropped_too_long=r.dropped_too_long, dropped_empty=r.dropped_empty)
+  result.update(per_point(result, dataset.facts, float(np.mean([len(s) for s in sketches])), rescale))
   return result
+
+
+def per_point(result: dict, facts: data_lib.DataFacts, mean_length: float, rescale: float = 1.0) -> dict:
+  """Losses per drawn point, free of N_max and of the model's scale factor.
+
+  L_s and the masked pen term are sums over each sketch's points divided by
+  N_max; times N_max over the mean length they are per point. A model sees
+  offsets u = pixels * rescale / scale_factor, so the offsets' density in the
+  data's own pixels is p(u) (rescale / scale_factor)^2 and the NLL per point in
+  pixels adds 2 log(scale_factor / rescale). Models trained with different
+  scale factors or N_max compare on these numbers, not on L_R.
+  """
+  n_max = facts.max_seq_len
+  offset = result["offset_loss"] * n_max / mean_length
+  return {"mean_length": mean_length, "max_seq_len": n_max, "scale_factor": facts.scale_factor,
+          "offset_nll_per_point": offset,
+          "offset_nll_per_point_px": offset + 2.0 * float(np.log(facts.scale_factor / rescale)),
+          "pen_nll_per_point": result["pen_loss_masked"] * n_max / mean_length}
+
+
+def rescale_offsets(dataset: data_lib.Dataset, split: str, rescale: str | float = 1.0) -> float:
+  """Multiplies every split's (normalised) offsets in place by `rescale`; returns it.
+
+  `"auto"` picks the factor that gives the offsets unit spread over the train
+  split (or over `split` if the data have no train split): for models whose
+  training drawings lived at another pixel scale than these data.
+  """
+  if rescale == "auto":
+    ref = dataset.splits["train"] or dataset.splits[split]
+    factor = 1.0 / float(np.std(np.concatenate([s[:, 0:2].reshape(-1) for s in ref])))
+  else:
+    factor = float(rescale)
+  for sketches in dataset.splits.values():
+    for s in sketches:
+      s[:, 0:2] *= factor
+  return factor
 
 
 def training_data(workdir: str) -> str:

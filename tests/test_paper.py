@@ -5,6 +5,7 @@ import dataclasses
 import io
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -193,6 +194,40 @@ def test_launcher_only_report_from_the_command_line(tiny):
                         "--settings=0.5x"], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=120)
   assert bad.returncode == 1 and "error:" in bad.stderr
+
+
+def test_released_models_scored_on_the_same_test_split(tiny, tmp_path):
+  """experiments.paper.pretrained: the released model found by name, scored as is and with
+  --rescale=auto, per-point numbers in pixels, and the sweep's rows beside it."""
+  released = tmp_path / "released"
+  released.mkdir()
+  model = REPO / "sketch_vae" / "assets" / "models" / "cat.gen.json"
+  (released / "catpig.gen.json").write_bytes(model.read_bytes())
+  scale = json.loads(model.read_text())[0]["scale_factor"]
+  proc = subprocess.run([sys.executable, "-m", "experiments.paper.pretrained", "--datasets=cat+pig",
+                         f"--root={tiny.root}", f"--data_dir={tiny.data_dir}",
+                         f"--pretrained_dir={released}", "--batch_size=8"],
+                        cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = json.loads((pathlib.Path(tiny.root) / "pretrained.json").read_text())
+  assert [r["model"] for r in rows] == ["released catpig.gen.json"] * 2 + [
+      "ours, decoder-only", "ours, w_KL = 0.50"]
+  as_is, auto = rows[0], rows[1]
+  assert as_is["scale_factor"] == pytest.approx(scale) and as_is["rescale"] == 1.0
+  assert as_is["offset_nll_per_point_px"] == pytest.approx(
+      as_is["offset_loss"] * as_is["max_seq_len"] / as_is["mean_length"] + 2 * np.log(scale), rel=1e-5)
+  train = [s for c in ("cat", "pig") for s in data.read_npz(os.path.join(tiny.data_dir, f"{c}.npz"))["train"]
+           if 0 < len(s) <= as_is["max_seq_len"]]  # what the model keeps (N_max 130)
+  pixels_std = np.std(np.concatenate([s[:, 0:2].reshape(-1) for s in train]).astype(np.float64))
+  assert auto["rescale"] == pytest.approx(scale / pixels_std, rel=1e-5)
+  assert auto["count"] == as_is["count"] and as_is["count"] + as_is["dropped_too_long"] == 8
+  assert "| cat+pig | released catpig.gen.json | 1 |" in (pathlib.Path(tiny.root) / "pretrained.md").read_text()
+  missing = subprocess.run([sys.executable, "-m", "experiments.paper.pretrained", "--datasets=crab",
+                            f"--root={tmp_path}", f"--data_dir={tiny.data_dir}",
+                            f"--pretrained_dir={released}"], cwd=REPO, capture_output=True, text=True,
+                           timeout=120)
+  assert missing.returncode == 1 and "no released model for 'crab'" in missing.stderr
 
 
 def test_settings_hparams_and_done_logic(tmp_path):

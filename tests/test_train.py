@@ -1,5 +1,6 @@
 """Training: pmap == single device, multi-process == single process, resume == uninterrupted,
 artefacts, falling loss, non-finite handling, evaluation."""
+import dataclasses
 import json
 import os
 import pathlib
@@ -150,6 +151,32 @@ def test_evaluation_is_independent_of_batch_size_and_devices(sheep):
   for k in ("recon_loss", "offset_loss", "pen_loss", "kl_loss_raw"):
     assert a[k] == pytest.approx(b[k], rel=1e-5)
   assert a["kl_loss_raw"] != c["kl_loss_raw"] or a["recon_loss"] != c["recon_loss"]
+
+
+def test_per_point_losses_do_not_depend_on_n_max_or_pixel_scale(sheep):
+  """Per-point NLLs: a longer N_max pads more (L_s shrinks, per point stays); drawings
+  twice as large give a model with twice the scale factor the same normalised offsets,
+  and the density per pixel falls by exactly 4 (2 log 2 nats per point)."""
+  cfg = tiny_config()
+  params = train.create_state(cfg, jax.random.key(0)).params
+  def score(facts, factor=1.0):
+    ds = dataclasses.replace(sheep, facts=facts)
+    return evaluation.evaluate_split(cfg, params, ds, "test", batch_size=4, num_devices=1)
+  base = score(sheep.facts)
+  longer = score(data.DataFacts(sheep.facts.scale_factor, sheep.facts.max_seq_len + 40))
+  n = sheep.facts.max_seq_len
+  assert longer["offset_loss"] == pytest.approx(base["offset_loss"] * n / (n + 40), rel=1e-4)
+  for k in ("offset_nll_per_point", "offset_nll_per_point_px", "pen_nll_per_point"):
+    assert longer[k] == pytest.approx(base[k], rel=1e-4)
+  lengths = [len(s) for s in sheep.splits["test"]]
+  assert base["mean_length"] == pytest.approx(np.mean(lengths))
+  assert base["offset_nll_per_point"] == pytest.approx(base["offset_loss"] * n / np.mean(lengths))
+  doubled = score(data.DataFacts(2 * sheep.facts.scale_factor, n))  # same normalised offsets
+  assert doubled["offset_nll_per_point_px"] - base["offset_nll_per_point_px"] == pytest.approx(
+      2 * np.log(2), rel=1e-4)
+  # --rescale r: the model sees pixels * r / scale, so pixel NLL = unit NLL + 2 log(scale / r).
+  r = evaluation.per_point(base, sheep.facts, base["mean_length"], rescale=2.0)
+  assert r["offset_nll_per_point_px"] == pytest.approx(base["offset_nll_per_point_px"] - 2 * np.log(2))
 
 
 # ----------------------------------------------------------------------------

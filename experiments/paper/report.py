@@ -18,6 +18,7 @@ COLUMNS = (  # (key, header, format)
     ("recon_loss", "L_R", "{:.4f}"), ("kl_loss_raw", "L_KL raw", "{:.4f}"),
     ("kl_loss", "L_KL floored", "{:.4f}"), ("offset_loss", "L_s (offsets)", "{:.4f}"),
     ("pen_loss", "L_p (pen)", "{:.4f}"), ("loss", "L_R + w_KL L_KL", "{:.4f}"),
+    ("offset_nll_per_point_px", "offset NLL / point (px)", "{:.3f}"),
     ("count", "n", "{}"))
 
 
@@ -52,7 +53,8 @@ def row(job, sweep) -> dict:
     return dict(out, status="missing")
   done = sweep_lib.read_done(job.workdir)
   fresh = (done is None or sweep.reevaluate
-           or done["test"].get("checkpoint_step") != _best_step(job.workdir))
+           or done["test"].get("checkpoint_step") != _best_step(job.workdir)
+           or "offset_nll_per_point_px" not in done["test"])  # scored before that number existed
   test = (evaluate_workdir(job.workdir, batch_size=sweep.eval_batch_size,
                            num_devices=sweep.num_devices) if fresh else done["test"])
   config, facts = checkpoint.load_run_files(job.workdir)
@@ -60,7 +62,7 @@ def row(job, sweep) -> dict:
   out.update(status="done" if done is not None and sweep_lib.is_done(job) else "partial",
              trained_steps=sweep_lib.latest_step(job.workdir),
              train_seconds=done["train_seconds"] if done else None,
-             scale_factor=facts.scale_factor, max_seq_len=facts.max_seq_len, **test)
+             **{"scale_factor": facts.scale_factor, "max_seq_len": facts.max_seq_len, **test})
   out["loss"] = out["recon_loss"] + w * out["kl_loss"]
   return out
 
@@ -75,6 +77,8 @@ def markdown(rows: list, sweep) -> str:
       f"N_z {model.z_size}, M {model.num_mixture}; {sweep.config('1.00').train.num_steps} steps "
       f"per model. Test split, best-by-validation checkpoint, means per sketch "
       f"(`experiments.evaluate`). L_R = L_s + L_p, the pen term over all N_max steps; "
+      f"offset NLL / point (px) = L_s N_max / mean length + 2 log(scale): the offsets' NLL per "
+      f"point in the data's pixels, comparable across scale factors and N_max; "
       f"L_KL floored at KL_min = {sweep.config('1.00').train.kl_tolerance}. Multi-class datasets "
       f"are the concatenation of the per-class files.", "",
       "| dataset | setting | step | " + " | ".join(h for _, h, _ in COLUMNS) + " | scale | N_max |",
