@@ -33,7 +33,8 @@ flags.DEFINE_string("pretrained_dir", str(make_datasets.REPO.parent / "shared" /
                     "Directory of released <name>.gen.json files.")
 flags.DEFINE_integer("batch_size", 100, "Evaluation batch.")
 
-COLUMNS = (("recon_loss", "L_R (own units)", "{:.4f}"), ("offset_nll_per_point_px", "offset NLL / point (px)", "{:.3f}"),
+COLUMNS = (("recon_loss", "L_R (own units)", "{:.4f}"),
+           ("offset_nll_per_point_px", "offset NLL / point (px)", "{:.3f}"),
            ("pen_nll_per_point", "pen NLL / point", "{:.4f}"), ("scale_factor", "scale", "{:.2f}"),
            ("max_seq_len", "N_max", "{}"), ("count", "n", "{}"))
 
