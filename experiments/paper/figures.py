@@ -83,15 +83,18 @@ def other_class(sweep, dataset: str):
   return None
 
 
+def _first_test_sketches(sweep, dataset, facts, total: int = 4) -> list:
+  """(label, sketch) for the first test sketches of each class of `dataset`, `total` in all."""
+  classes = sweep.classes(dataset)
+  per_class = max(1, total // len(classes))
+  return [(f"{c} {i}", s) for c in classes
+          for i, s in enumerate(_test_split(sweep.class_path(c, make=False), facts)[:per_class])]
+
+
 def reconstructions(sweep, job, key) -> str:
   config, facts, params, _ = _model(job.workdir)
-  classes = sweep.classes(job.dataset)
-  per_class = max(1, 4 // len(classes))
-  inputs, labels = [], []
-  for c in classes:
-    for i, s in enumerate(_test_split(sweep.class_path(c, make=False), facts)[:per_class]):
-      inputs.append(s)
-      labels.append(f"{c} {i}")
+  picked = _first_test_sketches(sweep, job.dataset, facts)
+  labels, inputs = [label for label, _ in picked], [s for _, s in picked]
   other = other_class(sweep, job.dataset)
   if other is not None:
     for i, s in enumerate(_test_split(sweep.class_path(other, make=False), facts)[:2]):
@@ -158,19 +161,16 @@ def first_half(sketch: np.ndarray) -> np.ndarray:
 
 def completions(sweep, job, key) -> str:
   config, facts, params, _ = _model(job.workdir)
-  classes = sweep.classes(job.dataset)
-  per_class = max(1, 4 // len(classes))
   rows, labels = [], []
-  for c in classes:
-    for i, s in enumerate(_test_split(sweep.class_path(c, make=False), facts)[:per_class]):
-      given = first_half(s)
-      prefix = strokes_lib.to_stroke5(given, facts.max_seq_len)[1:]
-      out = _decode(config, params, facts, jax.random.fold_in(key, len(rows)),
-                    [COMPLETE_TEMPERATURE] * COMPLETIONS,
-                    prefix=np.repeat(prefix[None], COMPLETIONS, 0),
-                    prefix_len=[len(given)] * COMPLETIONS)
-      rows.append([s, given] + out)
-      labels.append(f"{c} {i}")
+  for label, s in _first_test_sketches(sweep, job.dataset, facts):
+    given = first_half(s)
+    prefix = strokes_lib.to_stroke5(given, facts.max_seq_len)[1:]
+    out = _decode(config, params, facts, jax.random.fold_in(key, len(rows)),
+                  [COMPLETE_TEMPERATURE] * COMPLETIONS,
+                  prefix=np.repeat(prefix[None], COMPLETIONS, 0),
+                  prefix_len=[len(given)] * COMPLETIONS)
+    rows.append([s, given] + out)
+    labels.append(label)
   cols = ["original", "given"] + [f"τ={COMPLETE_TEMPERATURE:g}"] * COMPLETIONS
   return _save(sweep, f"complete_{job.dataset}", rows, labels, cols)
 
