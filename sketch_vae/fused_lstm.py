@@ -1,18 +1,24 @@
-"""A fast LSTM recurrence: hand-written backward pass, hoisted weight gradient, fused CPU kernels.
+"""A fast LSTM recurrence: hand-written backward pass and whole-sequence CPU kernels.
 
 `scan` computes exactly what `rnn.unroll` computes with the `lstm` cell's
 step (tests/test_fused_lstm.py checks values and gradients), but:
-  * its custom VJP stores only (h, c, activations) per step, and the reverse
-    scan accumulates the weight gradients in its carry, so no array of gate
-    gradients over all steps is ever stored (autodiff of a scan keeps several);
+  * its custom VJP stores only (h, c, activations) per step (autodiff of a
+    scan keeps several arrays per step);
   * the narrow input (5 stroke values) is projected inside each step rather
     than into a [T, R, 4H] array before the scan;
-  * on CPU, the per-step elementwise work (gate nonlinearities, dropout mask,
-    cell update, and their derivatives) runs in a vectorised C++ kernel
-    (kernels/lstm_cpu.cc) through the XLA FFI; elsewhere, or when no C++
-    compiler is available, the same equations run as jnp code.
-The kernel is compiled once per machine with the system's g++ into a cache
-directory; `kernel_status()` says whether it is in use and why not.
+  * on CPU, when the C++ kernels build, the whole sequence runs in one FFI call
+    each way (kernels/lstm_seq_cpu.cc): the recurrent weight is packed once,
+    each core owns a slice of hidden units for all T steps, the per-step
+    products run in a register-blocked AVX-512 micro-kernel (float32) or on
+    AMX tiles (bfloat16, where the CPU has them), and the backward pass forms
+    dW_h, dW_x and the bias gradient inside the same loop, a few steps per
+    product. `threads` are one per core, or SEQ_THREADS;
+  * elsewhere (GPU/TPU, or kernels disabled) a `lax.scan` runs the step with
+    XLA dots; on CPU its elementwise part still uses the per-step C++ kernels
+    of kernels/lstm_cpu.cc, and the backward pass stores the gate gradients
+    [T, R, 4H] for one weight-gradient matmul at the end.
+The kernels are compiled once per machine with the system's g++ into a cache
+directory; `kernel_status()` says whether they are in use and why not.
 
 Shape letters: T = time, R = rows (batch, any leading axes), H = units, G = 4H.
 """
@@ -35,7 +41,9 @@ import numpy as np
 from sketch_vae import keys as keys_lib
 from sketch_vae.cells import dot as _dot
 
-_SOURCE = pathlib.Path(__file__).parent / "kernels" / "lstm_cpu.cc"
+_KERNELS = pathlib.Path(__file__).parent / "kernels"
+_SOURCES = (_KERNELS / "lstm_cpu.cc", _KERNELS / "lstm_seq_cpu.cc")
+_HEADERS = (_KERNELS / "lstm_math.h", _KERNELS / "gemm_cpu.h")
 _STATUS = {"loaded": False, "reason": "not tried"}
 
 
@@ -48,18 +56,28 @@ def _cache_dir() -> pathlib.Path:
     return pathlib.Path(tempfile.gettempdir()) / "sketch_vae_kernels"
 
 
+def _cpu_tag() -> bytes:
+  """The CPU's model and flags: the kernels are compiled with -march=native."""
+  try:
+    with open("/proc/cpuinfo", "rb") as f:
+      return b"".join(l for l in f.read().splitlines() if l.startswith((b"model name", b"flags")))[:4096]
+  except OSError:
+    return b""
+
+
 def _build() -> Optional[pathlib.Path]:
-  """Compiles the kernel (once per source, jaxlib and Python version) and returns the .so."""
-  source = _SOURCE.read_bytes()
-  tag = hashlib.sha256(source + jax.__version__.encode() + sys.version.encode()).hexdigest()[:16]
+  """Compiles the kernels (once per source, CPU, jaxlib and Python version); returns the .so."""
+  source = b"".join(p.read_bytes() for p in _SOURCES + _HEADERS)
+  tag = hashlib.sha256(source + jax.__version__.encode() + sys.version.encode() +
+                       _cpu_tag()).hexdigest()[:16]
   out = _cache_dir() / f"lstm_cpu_{tag}.so"
   if out.exists():
     return out
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_suffix(f".{os.getpid()}.tmp")
   cmd = ["g++", "-O3", "-march=native", "-mprefer-vector-width=512", "-fno-trapping-math",
-         "-ffp-contract=off", "-shared", "-fPIC",
-         "-std=c++20", "-w", f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(tmp)]
+         "-ffp-contract=off", "-shared", "-fPIC", "-pthread",
+         "-std=c++20", "-w", f"-I{jax.ffi.include_dir()}", *map(str, _SOURCES), "-o", str(tmp)]
   result = subprocess.run(cmd, capture_output=True, text=True)
   if result.returncode != 0:
     _STATUS["reason"] = f"g++ failed: {result.stderr.strip()[-500:]}"
@@ -77,12 +95,16 @@ def cpu_kernels_available() -> bool:
       return False
     lib = ctypes.cdll.LoadLibrary(str(path))
     for name, symbol in (("sketch_vae_lstm_fwd", lib.SketchVaeLstmForward),
-                         ("sketch_vae_lstm_bwd", lib.SketchVaeLstmBackward)):
+                         ("sketch_vae_lstm_bwd", lib.SketchVaeLstmBackward),
+                         ("sketch_vae_lstm_seq_fwd", lib.SketchVaeLstmSeqForward),
+                         ("sketch_vae_lstm_seq_bwd", lib.SketchVaeLstmSeqBackward)):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
   except (OSError, FileNotFoundError, AttributeError) as e:
     _STATUS["reason"] = f"{type(e).__name__}: {e}"
     return False
-  _STATUS.update(loaded=True, reason="compiled with g++ and registered")
+  lib.SketchVaeAmxReady.restype = ctypes.c_bool
+  _STATUS.update(loaded=True, reason="compiled with g++ and registered",
+                 amx_bf16=bool(lib.SketchVaeAmxReady()))
   return True
 
 
@@ -165,7 +187,60 @@ def _pick(ffi_fn, jnp_fn, use_kernels: bool, **static):
 
 
 # ----------------------------------------------------------------------------
-# The recurrence with its custom VJP.
+# Whole-sequence CPU kernels (kernels/lstm_seq_cpu.cc): all T steps, matmuls
+# included, in one call each way.
+
+# Worker threads for the sequence kernels; 0 = one per core (tests force splits).
+SEQ_THREADS = 0
+
+
+def _seq_usable(I: int, matmul_dtype, use_kernels: bool) -> bool:
+  """The sequence kernels take narrow inputs (stroke values, stacked under h in
+  the step's product) and float32 or bfloat16 matmuls."""
+  dtype_ok = matmul_dtype is None or jnp.dtype(matmul_dtype) in (jnp.float32, jnp.bfloat16)
+  return use_kernels and I <= 32 and dtype_ok and cpu_kernels_available()
+
+
+def _seq_attrs(dropout, matmul_dtype, static_rows):
+  return dict(_attrs(dropout), static_rows=bool(static_rows), threads=np.int64(SEQ_THREADS),
+              bf16=matmul_dtype is not None and jnp.dtype(matmul_dtype) == jnp.bfloat16)
+
+
+def _seq_fwd_ffi(x, w_x, xp_static, w_h, c0, h0, live, keybits, *, dropout, forget_bias,
+                 matmul_dtype):
+  T, R, I = x.shape
+  H, G = w_h.shape
+  rows = xp_static.ndim > 1
+  static = xp_static if rows else xp_static.reshape(1, G)
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  return jax.ffi.ffi_call(
+      "sketch_vae_lstm_seq_fwd", (f32(T, R, H), f32(T, R, H), f32(T, R, G), f32(R, H), f32(R, H)),
+      vmap_method="broadcast_all")(
+          x, w_x, static, w_h, c0, h0, live, keybits, forget_bias=np.float32(forget_bias),
+          **_seq_attrs(dropout, matmul_dtype, rows))
+
+
+def _seq_bwd_ffi(d_hs, dh, dc, acts, hs, cs, h0, c0, live, keybits, w_h, w_x, x, *, dropout,
+                 matmul_dtype, static_rows, need_dx):
+  """-> dc0, dh0, dW_h, dW_x, d_static ([R, G] or [1, G]), dx ([T, R, I] or a dummy)."""
+  T, R, I = x.shape
+  H, G = w_h.shape
+  has_dhs = d_hs is not None
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  return jax.ffi.ffi_call(
+      "sketch_vae_lstm_seq_bwd",
+      (f32(R, H), f32(R, H), f32(H, G), f32(I, G), f32(R if static_rows else 1, G),
+       f32(T, R, I) if need_dx else f32(1)),
+      vmap_method="broadcast_all")(
+          d_hs if has_dhs else jnp.zeros((1,), jnp.float32), dh, dc, acts, hs, cs, h0, c0, live,
+          keybits, w_h, w_x, x, has_dhs=has_dhs, need_dx=bool(need_dx),
+          **_seq_attrs(dropout, matmul_dtype, static_rows))
+
+
+# ----------------------------------------------------------------------------
+# The recurrence with its custom VJP. Arrays here have rows flattened: x
+# [T, R, I], live [T, R], keybits [T, R, 2], states [R, H]; xp_static [G] or
+# [R, G].
 
 
 def _operand(w, matmul_dtype):
@@ -179,6 +254,23 @@ def _recurrence(static, x_TxRxI, w_x, xp_static, w_h, c0, h0, live_TxR, keybits_
 
 
 def _forward(static, x, w_x, xp_static, w_h, c0, h0, live, keybits):
+  """-> (hs, c, h), residuals (hs, cs, acts): the sequence kernel on CPU when usable."""
+  dropout, forget_bias, matmul_dtype, use_kernels = static
+  scan_path = functools.partial(_forward_scan, static)
+  if not _seq_usable(x.shape[-1], matmul_dtype, use_kernels):
+    return scan_path(x, w_x, xp_static, w_h, c0, h0, live, keybits)
+
+  def seq_path(x, w_x, xp_static, w_h, c0, h0, live, keybits):
+    hs, cs, acts, c, h = _seq_fwd_ffi(x, w_x, xp_static, w_h, c0, h0, live, keybits,
+                                      dropout=dropout, forget_bias=forget_bias,
+                                      matmul_dtype=matmul_dtype)
+    return (hs, c, h), (hs, cs, acts)
+
+  return jax.lax.platform_dependent(x, w_x, xp_static, w_h, c0, h0, live, keybits,
+                                    cpu=seq_path, default=scan_path)
+
+
+def _forward_scan(static, x, w_x, xp_static, w_h, c0, h0, live, keybits):
   dropout, forget_bias, matmul_dtype, use_kernels = static
   fwd = _pick(_fwd_ffi, _fwd_jnp, use_kernels, dropout=dropout, forget_bias=forget_bias)
   w_x_op, w_h_op = _operand(w_x, matmul_dtype), _operand(w_h, matmul_dtype)
@@ -188,27 +280,24 @@ def _forward(static, x, w_x, xp_static, w_h, c0, h0, live, keybits):
     x_t, live_t, keys_t = inputs
     # The input projection is done here, per step: the inputs are narrow (5
     # stroke values), so this is cheaper than writing and reading a projected
-    # [T, R, 4H] array, and its gradient needs no transposed copy of one.
+    # [T, R, 4H] array.
     gates = _dot(x_t, w_x_op, matmul_dtype) + xp_static + _dot(h, w_h_op, matmul_dtype)
     c, h, acts = fwd(gates, c, h, live_t, keys_t)
-    # h is also kept transposed ([H, R]) so that the backward pass's dW_h
-    # matmuls are plain [H, R] x [R, G] products (XLA's fast path on CPU).
-    return (c, h), (h, _rows(h).T, c, acts)
+    return (c, h), (h, c, acts)
 
-  (c, h), (hs, hs_t, cs, acts) = jax.lax.scan(body, (c0, h0), (x, live, keybits))
-  return (hs, c, h), (hs_t, cs, acts)
-
-
-def _rows(a):
-  return a.reshape(-1, a.shape[-1])
+  (c, h), (hs, cs, acts) = jax.lax.scan(body, (c0, h0), (x, live, keybits))
+  return (hs, c, h), (hs, cs, acts)
 
 
 def _recurrence_fwd(static, x, w_x, xp_static, w_h, c0, h0, live, keybits):
-  # symbolic_zeros=True: primals arrive wrapped (value, perturbed).
+  # symbolic_zeros=True: primals arrive wrapped (value, perturbed); the input's
+  # gradient is computed only when the input is not data (its `perturbed` flag).
+  need_dx = x.perturbed
   x, w_x, xp_static, w_h, c0, h0, live, keybits = (
       a.value for a in (x, w_x, xp_static, w_h, c0, h0, live, keybits))
-  out, (hs_t, cs, acts) = _forward(static, x, w_x, xp_static, w_h, c0, h0, live, keybits)
-  return out, (x, hs_t, cs, acts, w_x, xp_static, w_h, c0, h0, live, keybits)
+  out, (hs, cs, acts) = _forward(static, x, w_x, xp_static, w_h, c0, h0, live, keybits)
+  return out, ((x, hs, cs, acts, w_x, xp_static, w_h, c0, h0, live, keybits),
+               jnp.zeros((0,)) if need_dx else None)
 
 
 def _is_zero(x):
@@ -216,48 +305,65 @@ def _is_zero(x):
 
 
 def _recurrence_bwd(static, residuals, cotangents):
-  """Reverse scan; every weight gradient is accumulated in the loop's carry.
-
-  Accumulating dW_h += h_{t-1}^T dgates_t per step never materialises the
-  gate gradients of all T steps (205 MB for the decoder of the original
-  configuration) nor the transposed copy XLA makes for one end-of-loop
-  matmul. Measured on 2 CPU cores (2026-11-24, config A): 1.55 s per training
-  step this way; 1.65-1.73 s accumulating per chunk of 5-25 steps; 2.24 s with
-  the [T, R, G] array and one matmul.
-  """
+  """The sequence kernel on CPU (dW_h accumulated per step inside it), else a
+  reverse scan that stores the gate gradients of every step and then forms
+  dW_h = sum_t h_{t-1}^T dg_t as one [H, T*R] x [T*R, G] matmul."""
   dropout, _, matmul_dtype, use_kernels = static
-  x, hs_t, cs, acts, w_x, xp_static, w_h, c0, h0, live, keybits = residuals
+  (x, hs, cs, acts, w_x, xp_static, w_h, c0, h0, live, keybits), dx_marker = residuals
+  need_dx = dx_marker is not None
   d_hs, d_c_final, d_h_final = cotangents
-  T, H, G = hs_t.shape[0], h0.shape[-1], w_h.shape[-1]
   # An encoder uses only the final state: its per-step output gradients are a
   # symbolic zero, so no [T, R, H] array of zeros is made or read.
-  zero_out = _is_zero(d_hs)
+  d_hs = None if _is_zero(d_hs) else d_hs
   d_c_final = jnp.zeros_like(c0) if _is_zero(d_c_final) else d_c_final
   d_h_final = jnp.zeros_like(h0) if _is_zero(d_h_final) else d_h_final
+  args = (d_hs, d_h_final, d_c_final, acts, hs, cs, h0, c0, live, keybits, w_h, w_x, x, xp_static)
+  scan_path = functools.partial(_backward_scan, static, need_dx)
+  if _seq_usable(x.shape[-1], matmul_dtype, use_kernels):
+    def seq_path(d_hs, dh, dc, acts, hs, cs, h0, c0, live, keybits, w_h, w_x, x, xp_static):
+      rows = xp_static.ndim > 1
+      dc0, dh0, d_wh, d_wx, d_static, dx = _seq_bwd_ffi(
+          d_hs, dh, dc, acts, hs, cs, h0, c0, live, keybits, w_h, w_x, x, dropout=dropout,
+          matmul_dtype=matmul_dtype, static_rows=rows, need_dx=need_dx)
+      return dc0, dh0, d_wh, d_wx, d_static if rows else d_static[0], dx if need_dx else None
+
+    grads = jax.lax.platform_dependent(*args, cpu=seq_path, default=scan_path)
+  else:
+    grads = scan_path(*args)
+  dc0, dh0, d_wh, d_wx, d_static, dx = grads
+  return (dx, d_wx.astype(w_x.dtype), d_static, d_wh.astype(w_h.dtype), dc0, dh0, None, None)
+
+
+def _backward_scan(static, need_dx, d_hs, dh, dc, acts, hs, cs, h0, c0, live, keybits, w_h, w_x,
+                   x, xp_static):
+  """-> (dc0, dh0, dW_h, dW_x, d_static, dx or None): a reverse scan of the elementwise
+  backward (FFI on CPU when built) with one XLA dot per step, then the weight
+  gradients from the stored gate gradients [T, R, G]."""
+  dropout, _, matmul_dtype, use_kernels = static
   bwd = _pick(_bwd_ffi, _bwd_jnp, use_kernels, dropout=dropout)
-  w_h_t, w_x_t = _operand(w_h.T, matmul_dtype), _operand(w_x.T, matmul_dtype)
-  h0_t = _rows(h0).T
+  w_h_t = _operand(w_h.T, matmul_dtype)
+  T = x.shape[0]
 
   def body(carry, inputs):
-    dh, dc, d_wh, d_wx, d_static = carry
-    t, x_t, acts_t, c_new, live_t, keys_t = inputs[:6]
-    if not zero_out:
-      dh = dh + inputs[6]
-    prev = lambda stack, first: jnp.where(
-        t > 0, jax.lax.dynamic_index_in_dim(stack, jnp.maximum(t - 1, 0), keepdims=False), first)
-    dgates, dc, dh_pass = bwd(dh, dc, acts_t, prev(cs, c0), c_new, live_t, keys_t)
+    dh, dc = carry
+    t, acts_t, c_new, live_t, keys_t = inputs[:5]
+    if d_hs is not None:
+      dh = dh + inputs[5]
+    c_prev = jnp.where(t > 0, cs[jnp.maximum(t - 1, 0)], c0)
+    dgates, dc, dh_pass = bwd(dh, dc, acts_t, c_prev, c_new, live_t, keys_t)
     dh = _dot(dgates, w_h_t, matmul_dtype) + dh_pass
-    d_wh = d_wh + _dot(prev(hs_t, h0_t), _rows(dgates), matmul_dtype)
-    d_wx = d_wx + _dot(_rows(x_t).T, _rows(dgates), matmul_dtype)
-    return (dh, dc, d_wh, d_wx, d_static + dgates), _dot(dgates, w_x_t, matmul_dtype)
+    return (dh, dc), dgates
 
-  carry0 = (d_h_final, d_c_final, jnp.zeros((H, G), jnp.float32),
-            jnp.zeros(w_x.shape, jnp.float32), jnp.zeros(c0.shape[:-1] + (G,), jnp.float32))
-  xs = (jnp.arange(T), x, acts, cs, live, keybits) + (() if zero_out else (d_hs,))
-  (dh0, dc0, d_wh, d_wx, d_static), dx = jax.lax.scan(body, carry0, xs, reverse=True)
-  while d_static.ndim > xp_static.ndim:  # xp_static broadcast over rows (no per-row input)
-    d_static = jnp.sum(d_static, axis=0)
-  return (dx, d_wx.astype(w_x.dtype), d_static, d_wh.astype(w_h.dtype), dc0, dh0, None, None)
+  xs = (jnp.arange(T), acts, cs, live, keybits) + (() if d_hs is None else (d_hs,))
+  (dh0, dc0), dgates = jax.lax.scan(body, (dh, dc), xs, reverse=True)
+  contract = lambda spec, a, b: jnp.einsum(spec, _operand(a, matmul_dtype), _operand(b, matmul_dtype),
+                                           preferred_element_type=jnp.float32)
+  h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+  d_wh = contract("trh,trg->hg", h_prev, dgates)
+  d_wx = contract("tri,trg->ig", x, dgates)
+  d_static = jnp.sum(dgates, axis=0 if xp_static.ndim > 1 else (0, 1))
+  dx = _dot(dgates, _operand(w_x.T, matmul_dtype), matmul_dtype) if need_dx else None
+  return dc0, dh0, d_wh, d_wx, d_static, dx
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd, symbolic_zeros=True)
@@ -287,6 +393,13 @@ def scan(params, carry, x_TxRxI, xp_static, live_TxR, dropout_key, *, keep: floa
   keybits, flat = step_key_bits(dropout_key, T, rows_shape)
   dropout = (float(keep), dropout_key is not None and keep < 1.0, flat)
   static = (dropout, float(forget_bias), matmul_dtype, bool(use_kernels))
-  hs, c, h = _recurrence(static, x_TxRxI, params["w_x"][:I], xp_static, params["w_h"], carry.c,
-                         carry.h, live_TxR, keybits)
-  return type(carry)(c=c, h=h), hs
+  R, H, G = int(np.prod(rows_shape)), params["w_h"].shape[0], params["w_h"].shape[1]
+  # Rows flattened; a per-row static input broadcast to [R, G] (autodiff sums
+  # its gradient back to the shape given).
+  if xp_static.ndim > 1:
+    xp_static = jnp.broadcast_to(xp_static, tuple(rows_shape) + (G,)).reshape(R, G)
+  hs, c, h = _recurrence(static, x_TxRxI.reshape(T, R, I), params["w_x"][:I], xp_static,
+                         params["w_h"], carry.c.reshape(R, H), carry.h.reshape(R, H),
+                         live_TxR.reshape(T, R), keybits.reshape(T, R, 2))
+  rows = lambda a: a.reshape(tuple(rows_shape) + (H,))
+  return type(carry)(c=rows(c), h=rows(h)), hs.reshape((T,) + tuple(rows_shape) + (H,))

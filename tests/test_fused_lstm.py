@@ -110,3 +110,76 @@ def test_bfloat16_matmuls_stay_close_to_float32():
                     matmul_dtype=jnp.bfloat16)[1]
   err = float(jnp.abs(f32 - bf16).max())
   assert 0 < err < 0.05
+
+
+# ----------------------------------------------------------------------------
+# Whole-sequence kernels (kernels/lstm_seq_cpu.cc): matmuls in C++, work split
+# over threads by hidden units. Compared against the scan path (XLA dots).
+
+
+def _sequence_case(R=23, T=9, I=5, Hs=40, S=3):
+  params = cells.lstm(Hs).init(jax.random.key(0), I + S)
+  params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape), params)
+  xs = jax.random.normal(jax.random.key(1), (T, R, I)).at[:, :, 3].set(0.0)  # a pen-state-like zero
+  lengths = jax.random.randint(jax.random.key(7), (R,), 1, T + 1)
+  mask = jnp.arange(T)[:, None] < lengths[None, :]
+  carry = cells.LSTMCarry(c=jnp.full((R, Hs), 0.1), h=jnp.full((R, Hs), -0.2))
+  static = jax.random.normal(jax.random.key(5), (R, S))
+  return params, xs, mask, carry, static
+
+
+def _sequence_grads(kernels, dtype, threads, per_row_static, monkeypatch):
+  monkeypatch.setattr(fused_lstm, "SEQ_THREADS", threads)
+  params, xs, mask, carry, static = _sequence_case()
+  cell = cells.lstm(40, dropout_keep=0.7, fused=True, cpu_kernels=kernels, matmul_dtype=dtype)
+  key = jax.random.key(4)
+
+  def loss(p, xs, static):
+    final, hs = rnn.unroll(cell, p, carry, xs, static_BxJ=static if per_row_static else None,
+                           dropout_key=key, mask_TxB=mask, matmul_dtype=dtype)
+    return jnp.sum(jnp.sin(hs)) + jnp.sum(final.c ** 2) + jnp.sum(final.h), hs
+
+  if not per_row_static:
+    params = dict(params, w_x=params["w_x"][:5])
+  fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+  hlo = fn.lower(params, xs, static).as_text()
+  return fn(params, xs, static), hlo
+
+
+@pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("per_row_static", [True, False])
+def test_sequence_kernel_equals_scan_path(dtype, threads, per_row_static, monkeypatch):
+  (va, ha), ga = _sequence_grads(True, dtype, threads, per_row_static, monkeypatch)[0]
+  ((vb, hb), gb), hlo_b = _sequence_grads(False, dtype, threads, per_row_static, monkeypatch)
+  _, hlo_a = _sequence_grads(True, dtype, threads, per_row_static, monkeypatch)
+  assert "sketch_vae_lstm_seq_fwd" in hlo_a and "sketch_vae_lstm_seq_bwd" in hlo_a
+  assert "sketch_vae_lstm_seq" not in hlo_b
+  # bfloat16: both round the same operands; only the float32 summation order differs.
+  tol = dict(rtol=1e-4, atol=1e-5) if dtype is None else dict(rtol=2e-3, atol=2e-4)
+  np.testing.assert_allclose(ha, hb, **tol)
+  names = ["params", "xs", "static"]
+  for name, a, b in zip(names, ga, gb):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      scale = float(jnp.max(jnp.abs(y))) + 1e-6
+      assert float(jnp.max(jnp.abs(x - y))) / scale < (1e-5 if dtype is None else 2e-3), name
+
+
+def test_sequence_kernel_skips_the_input_gradient_for_data(monkeypatch):
+  """With the strokes as data (no gradient asked), the kernel is told not to form dx."""
+  params, xs, mask, carry, _ = _sequence_case()
+  cell = cells.lstm(40, fused=True)
+  loss = lambda p, x: jnp.sum(rnn.unroll(cell, p, carry, x, mask_TxB=mask)[1])
+  p5 = dict(params, w_x=params["w_x"][:5])
+  data_only = jax.jit(jax.grad(loss)).lower(p5, xs).as_text()
+  with_dx = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(p5, xs).as_text()
+  assert "need_dx = false" in data_only and "need_dx = true" in with_dx
+
+
+def test_bfloat16_products_use_amx_where_the_cpu_has_it():
+  # On CPUs with AMX-BF16 (this project's machine kind) the bfloat16 sequence
+  # kernel runs on tiles, so the bfloat16 cases above test that path.
+  assert fused_lstm.cpu_kernels_available()
+  with open("/proc/cpuinfo") as f:
+    has_amx = " amx_bf16 " in f.read().replace("\n", " ")
+  assert fused_lstm.kernel_status()["amx_bf16"] == has_amx

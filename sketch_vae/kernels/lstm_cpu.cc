@@ -25,112 +25,13 @@
 #include <thread>
 #include <vector>
 
+#include "lstm_math.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using namespace sketch_vae;
 
 namespace {
-
-inline float exp_approx(float x) {
-  // exp by range reduction x = n ln2 + r, |r| <= ln2 / 2, and a degree-6 Taylor
-  // polynomial for e^r (relative error about 1e-7), scaled by 2^n via the exponent bits.
-  // Written without calls or branches so that gcc vectorises the loops using it.
-  x = x > 88.0f ? 88.0f : x;
-  x = x < -87.0f ? -87.0f : x;
-  float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-6f;
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  return p * __builtin_bit_cast(float, bits);
-}
-
-inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
-
-inline float tanh_approx(float x) {
-  // Small |x|: odd Taylor series to x^9 (error < 3e-9 at 0.25); otherwise
-  // (e - 1) / (e + 1) with e = exp(2x). Both computed, one selected, so the
-  // loop stays branch-free and vectorises.
-  float x2 = x * x;
-  float small = x * (1.0f + x2 * (-1.0f / 3.0f + x2 * (2.0f / 15.0f + x2 * (-17.0f / 315.0f +
-                                                                        x2 * (62.0f / 2835.0f)))));
-  float e = exp_approx(2.0f * x);
-  float large = (e - 1.0f) / (e + 1.0f);
-  return (x < 0.25f && x > -0.25f) ? small : large;
-}
-
-inline uint32_t fmix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x85EBCA6Bu;
-  x ^= x >> 13;
-  x *= 0xC2B2AE35u;
-  x ^= x >> 16;
-  return x;
-}
-
-struct Dropout {
-  bool on;
-  bool flat_index;
-  uint32_t threshold;
-  float inv_keep;
-};
-
-// scale[k] = mask / keep for the H units of one row (all 1 without dropout).
-void drop_scales(const Dropout& d, const uint32_t* keys, int64_t row, int64_t H,
-                 float* __restrict scale) {
-  if (!d.on) {
-    for (int64_t k = 0; k < H; ++k) scale[k] = 1.0f;
-    return;
-  }
-  const uint32_t k0 = keys[2 * row], k1 = keys[2 * row + 1];
-  const uint32_t base = d.flat_index ? static_cast<uint32_t>(row * H) : 0u;
-  for (int64_t k = 0; k < H; ++k) {
-    uint32_t x = fmix32(((base + static_cast<uint32_t>(k)) * 0x9E3779B9u) ^ k0);
-    x = fmix32(x ^ k1);
-    scale[k] = x < d.threshold ? d.inv_keep : 0.0f;
-  }
-}
-
-void forward_row(int64_t H, float forget_bias, const float* __restrict g, const float* __restrict cp,
-                 const float* __restrict scale, float* __restrict c_out, float* __restrict h_out,
-                 float* __restrict acts) {
-  for (int64_t k = 0; k < H; ++k) {
-    float i = sigmoid(g[k]);
-    float jt = tanh_approx(g[H + k]);
-    float f = sigmoid(g[2 * H + k] + forget_bias);
-    float o = sigmoid(g[3 * H + k]);
-    float c = cp[k] * f + i * jt * scale[k];
-    c_out[k] = c;
-    h_out[k] = tanh_approx(c) * o;
-    acts[k] = i;
-    acts[H + k] = jt;
-    acts[2 * H + k] = f;
-    acts[3 * H + k] = o;
-  }
-}
-
-void backward_row(int64_t H, const float* __restrict dh, const float* __restrict dc,
-                  const float* __restrict acts, const float* __restrict cp,
-                  const float* __restrict cn, const float* __restrict scale,
-                  float* __restrict dg, float* __restrict dc_prev, float* __restrict dh_pass) {
-  for (int64_t k = 0; k < H; ++k) {
-    float i = acts[k], jt = acts[H + k], f = acts[2 * H + k], o = acts[3 * H + k];
-    float s = scale[k];
-    float tc = tanh_approx(cn[k]);
-    float dct = dc[k] + dh[k] * o * (1.0f - tc * tc);
-    dg[k] = dct * jt * s * i * (1.0f - i);
-    dg[H + k] = dct * i * s * (1.0f - jt * jt);
-    dg[2 * H + k] = dct * cp[k] * f * (1.0f - f);
-    dg[3 * H + k] = dh[k] * tc * o * (1.0f - o);
-    dc_prev[k] = dct * f;
-    dh_pass[k] = 0.0f;
-  }
-}
 
 // Runs fn(row_begin, row_end) over [0, rows) on the pool's threads and this one.
 template <typename F>
@@ -185,9 +86,9 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gates, ffi::Buffe
         std::memset(ac + r * 4 * H, 0, 4 * H * sizeof(float));
         continue;
       }
-      drop_scales(d, ks, r, H, scale.data());
-      forward_row(H, forget_bias, g + r * 4 * H, cp + r * H, scale.data(), co + r * H, ho + r * H,
-                  ac + r * 4 * H);
+      drop_scales(d, ks, r, H, 0, H, scale.data());
+      forward_row<false>(H, H, H, forget_bias, g + r * 4 * H, nullptr, 0, cp + r * H,
+                         scale.data(), co + r * H, ho + r * H, ac + r * 4 * H);
     }
   });
   return ffi::Error::Success();
@@ -222,8 +123,8 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dh, ffi::Buffer<
         std::memcpy(dhpass + r * H, dhp + r * H, H * sizeof(float));
         continue;
       }
-      drop_scales(d, ks, r, H, scale.data());
-      backward_row(H, dhp + r * H, dcp + r * H, ac + r * 4 * H, cp + r * H, cn + r * H,
+      drop_scales(d, ks, r, H, 0, H, scale.data());
+      backward_row(H, H, H, dhp + r * H, dcp + r * H, ac + r * 4 * H, cp + r * H, cn + r * H,
                    scale.data(), dg + r * 4 * H, dcp_out + r * H, dhpass + r * H);
     }
   });
