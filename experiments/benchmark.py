@@ -6,6 +6,7 @@ achieved GFLOP/s, this run's measured float32 matmul peak and the ratio; for
 sampling, sketches per second for a vmapped batch and for one sketch.
 """
 import json
+import os
 import platform
 
 from absl import app, flags, logging
@@ -13,8 +14,11 @@ from absl import app, flags, logging
 from experiments import hugepages
 
 FLAGS = flags.FLAGS
-flags.DEFINE_boolean("huge_pages", True, "Re-run once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
-                     "(fewer page faults; see experiments/hugepages.py).")
+flags.DEFINE_boolean("reuse_memory", True, "Re-run once with glibc malloc tunables that keep and "
+                     "reuse the step's large blocks (far fewer page faults, higher peak RSS; see "
+                     "experiments/hugepages.py).")
+flags.DEFINE_boolean("huge_pages", False, "Also ask malloc for transparent huge pages "
+                     "(GLIBC_TUNABLES glibc.malloc.hugetlb=1).")
 flags.DEFINE_enum("config", "A", ["A", "B", "C"], "A: LSTM (original default); B: layer norm; C: paper's large.")
 flags.DEFINE_enum("what", "train", ["train", "sample"], "Training step or sampling.")
 flags.DEFINE_boolean("json", False, "Print one JSON object.")
@@ -31,7 +35,7 @@ flags.DEFINE_integer("num_devices", 1, "Devices for the training step.")
 
 def main(argv):
   del argv
-  hugepages.reexec_with_huge_pages(FLAGS.huge_pages)
+  hugepages.reexec_with_malloc_tunables(FLAGS.reuse_memory, FLAGS.huge_pages)
   logging.set_verbosity(logging.ERROR)
   import jax
   from sketch_vae import benchmark
@@ -46,7 +50,8 @@ def main(argv):
   result.update(config=FLAGS.config, matmul_dtype=FLAGS.matmul_dtype, batch_size=FLAGS.batch_size,
                 max_seq_len=FLAGS.max_seq_len, remat=FLAGS.remat,
                 device=str(jax.devices()[0].device_kind), platform=jax.default_backend(),
-                jax=jax.__version__, machine=platform.processor() or platform.machine())
+                jax=jax.__version__, machine=platform.processor() or platform.machine(),
+                glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
   if FLAGS.json:
     print(json.dumps(result))
     return

@@ -217,3 +217,25 @@ def test_contract_gradients_finite_and_nonzero(name):
 def test_unknown_cell_name_is_clear():
   with pytest.raises(ValueError, match="unknown cell 'gru'"):
     cells.make("gru", 8)
+
+
+def test_bfloat16_dot_gradients_use_bfloat16_products():
+  """cells.dot with bfloat16 operands: gradients close to float32, and every
+  product of the backward pass takes bfloat16 operands (not promoted to float32)."""
+  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (3, 7, 16))
+  w = jax.random.normal(kw, (16, 5))
+  g = jax.random.normal(kg, (3, 7, 5))
+  f = lambda x, w, dt: jnp.sum(cells.dot(x, w, dt) * g)
+  dx, dw = jax.grad(f, argnums=(0, 1))(x, w, jnp.bfloat16)
+  rx, rw = jax.grad(f, argnums=(0, 1))(x, w, None)
+  assert dx.dtype == jnp.float32 and dw.dtype == jnp.float32
+  np.testing.assert_allclose(dx, rx, rtol=0.05, atol=0.05)
+  np.testing.assert_allclose(dw, rw, rtol=0.05, atol=0.1)
+  assert not np.allclose(dw, rw, rtol=1e-6, atol=1e-6)  # really low precision
+  hlo = jax.jit(jax.grad(f, argnums=(0, 1)), static_argnums=2).lower(x, w, jnp.bfloat16).as_text()
+  dots = [l for l in hlo.splitlines() if "dot_general" in l]
+  assert len(dots) == 2  # dx and dw (the forward product is not needed for a linear loss)
+  for line in dots:
+    operands = line.split(":")[-1].split("->")[0]
+    assert operands.count("bf16") == 2 and "f32" not in operands, line

@@ -155,7 +155,19 @@ class PackedGemm {
     if (amx_) {
       const int64_t nkc = Kpad_ / 32, kc = k / 32, kp = (k % 32) / 2, e = k % 2;
       uint16_t* base = static_cast<uint16_t*>(b) + kc * 512 + kp * 32 + e;
-      for (int64_t j = 0; j < n; ++j) {
+      int64_t j = 0;
+#if defined(__AVX512BF16__)
+      // 16 columns of one tile at a time: round to bf16, place each in its pair's
+      // even or odd half, and store only those halves (the other row's stay).
+      const __mmask32 half = e ? 0xAAAAAAAAu : 0x55555555u;
+      for (; j + 16 <= n && (n0 + j) % 16 == 0; j += 16) {
+        __m256i b16 = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(v + j)));
+        __m512i wide = _mm512_cvtepu16_epi32(b16);
+        if (e) wide = _mm512_slli_epi32(wide, 16);
+        _mm512_mask_storeu_epi16(base - e + ((n0 + j) / 16) * nkc * 512, half, wide);
+      }
+#endif
+      for (; j < n; ++j) {
         const int64_t col = n0 + j;
         base[(col / 16) * nkc * 512 + (col % 16) * 2] = to_bf16(v[j]);
       }
