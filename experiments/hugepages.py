@@ -11,9 +11,11 @@ With
 the step reuses the previous step's pages: page faults over 5 bfloat16 steps
 17 958 -> 1 541, and config A 1.16 -> 1.06 s (float32), 0.53 -> 0.47 s (bfloat16),
 at the price of a higher peak resident size (1.6 -> 2.8 GB for config A), since
-memory is not handed back to the system (measured 2026-11-25, 2-core CPU).
+memory is not handed back to the system (measured 2026-11-25, 2-core CPU). It
+does not pay everywhere: config C (HyperLSTM 2048) measured 27.8 s per step
+without it and 30.5 s with it (9.3 GB), so the launchers turn it on per config.
 `huge_pages` adds glibc.malloc.hugetlb=1 (transparent huge pages for malloc;
-the earlier default, measured 1.05 -> 1.00 s per bf16 step on 2026-11-24 code).
+measured 1.05 -> 1.00 s per bf16 config-A step on the 2026-11-24 code).
 glibc reads GLIBC_TUNABLES only at process start, hence the re-exec; on other
 systems, or when the launcher already ran with them, nothing happens.
 """
@@ -26,7 +28,7 @@ HUGE_PAGES = ("glibc.malloc.hugetlb=1",)
 _MARK = "SKETCH_VAE_MALLOC_TUNED"
 
 
-def reexec_with_malloc_tunables(reuse: bool = True, huge_pages: bool = False) -> None:
+def reexec_with_malloc_tunables(reuse: bool = False, huge_pages: bool = True) -> None:
   wanted = (REUSE if reuse else ()) + (HUGE_PAGES if huge_pages else ())
   if not wanted or not sys.platform.startswith("linux") or os.environ.get(_MARK):
     return

@@ -117,20 +117,22 @@ def test_bfloat16_matmuls_stay_close_to_float32():
 # over threads by hidden units. Compared against the scan path (XLA dots).
 
 
-def _sequence_case(R=23, T=9, I=5, Hs=40, S=3):
+def _sequence_case(R=23, T=9, I=5, Hs=40, S=3, random_mask=False):
   params = cells.lstm(Hs).init(jax.random.key(0), I + S)
   params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape), params)
   xs = jax.random.normal(jax.random.key(1), (T, R, I)).at[:, :, 3].set(0.0)  # a pen-state-like zero
   lengths = jax.random.randint(jax.random.key(7), (R,), 1, T + 1)
   mask = jnp.arange(T)[:, None] < lengths[None, :]
+  if random_mask:  # rows that pause and resume: ended rows are not always last
+    mask = jax.random.bernoulli(jax.random.key(8), 0.6, (T, R))
   carry = cells.LSTMCarry(c=jnp.full((R, Hs), 0.1), h=jnp.full((R, Hs), -0.2))
   static = jax.random.normal(jax.random.key(5), (R, S))
   return params, xs, mask, carry, static
 
 
-def _sequence_grads(kernels, dtype, threads, per_row_static, monkeypatch):
+def _sequence_grads(kernels, dtype, threads, per_row_static, monkeypatch, random_mask=False):
   monkeypatch.setattr(fused_lstm, "SEQ_THREADS", threads)
-  params, xs, mask, carry, static = _sequence_case()
+  params, xs, mask, carry, static = _sequence_case(random_mask=random_mask)
   cell = cells.lstm(40, dropout_keep=0.7, fused=True, cpu_kernels=kernels, matmul_dtype=dtype)
   key = jax.random.key(4)
 
@@ -148,11 +150,11 @@ def _sequence_grads(kernels, dtype, threads, per_row_static, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("per_row_static", [True, False])
-def test_sequence_kernel_equals_scan_path(dtype, threads, per_row_static, monkeypatch):
-  (va, ha), ga = _sequence_grads(True, dtype, threads, per_row_static, monkeypatch)[0]
-  ((vb, hb), gb), hlo_b = _sequence_grads(False, dtype, threads, per_row_static, monkeypatch)
-  _, hlo_a = _sequence_grads(True, dtype, threads, per_row_static, monkeypatch)
+@pytest.mark.parametrize("per_row_static,random_mask", [(True, False), (False, False), (True, True)])
+def test_sequence_kernel_equals_scan_path(dtype, threads, per_row_static, random_mask, monkeypatch):
+  args = (dtype, threads, per_row_static, monkeypatch, random_mask)
+  ((va, ha), ga), hlo_a = _sequence_grads(True, *args)
+  ((vb, hb), gb), hlo_b = _sequence_grads(False, *args)
   assert "sketch_vae_lstm_seq_fwd" in hlo_a and "sketch_vae_lstm_seq_bwd" in hlo_a
   assert "sketch_vae_lstm_seq" not in hlo_b
   # bfloat16: both round the same operands; only the float32 summation order differs.

@@ -183,13 +183,25 @@ class PackedGemm {
     }
   }
 
-  // C[rows() x ldc()] (+)= A . B, with B packed in this object or given.
-  void run(const void* a, float* c, bool add = false) const { run(a, own_b_const(), c, add); }
-  void run(const void* a, const void* b, float* c, bool add) const {
+  // C[rows x ldc()] (+)= A[:rows, :k] . B[:k, :], with B packed in this object or
+  // given. rows <= R (rounded up to the engine's row block) and k <= K trim the
+  // product to the rows and depth in use: in a recurrence, rows whose sequence
+  // has ended are ordered last and need no product. Rows of A and B up to the
+  // rounded row / depth must be finite (B rows past k: zero, for AMX).
+  void run(const void* a, float* c, int64_t rows) const {
+    run(a, own_b_const(), c, false, rows, K_);
+  }
+  void run(const void* a, const void* b, float* c, bool add, int64_t rows, int64_t k) const {
+    if (rows <= 0 || k <= 0) {
+      if (!add) std::fill(c, c + Rpad_ * Npad_, 0.0f);
+      return;
+    }
     if (amx_) {
-      run_amx(static_cast<const uint16_t*>(a), static_cast<const uint16_t*>(b), c, add);
+      run_amx(static_cast<const uint16_t*>(a), static_cast<const uint16_t*>(b), c, add,
+              (rows + 15) / 16, (k + 31) / 32);
     } else {
-      run_f32(static_cast<const float*>(a), static_cast<const float*>(b), c, add);
+      run_f32(static_cast<const float*>(a), static_cast<const float*>(b), c, add,
+              (rows + mr_ - 1) / mr_ * mr_, k);
     }
   }
 
@@ -251,14 +263,14 @@ class PackedGemm {
   }
 
   // K in even slices of at most 256 so that a slice of a B panel (256 x 32) stays in L1.
-  void run_f32(const float* a, const float* b, float* c, bool add) const {
-    const int64_t slices = (K_ + 255) / 256, step = (K_ + slices - 1) / slices;
-    for (int64_t k0 = 0; k0 < K_; k0 += step) {
-      const int64_t kc = std::min(step, K_ - k0);
+  void run_f32(const float* a, const float* b, float* c, bool add, int64_t rows, int64_t K) const {
+    const int64_t slices = (K + 255) / 256, step = (K + slices - 1) / slices;
+    for (int64_t k0 = 0; k0 < K; k0 += step) {
+      const int64_t kc = std::min(step, K - k0);
       for (int64_t n0 = 0; n0 < Npad_; n0 += 32) {
         const int64_t w = std::min<int64_t>(32, Npad_ - n0);
         const float* panel = b + n0 * K_ + k0 * w;
-        for (int64_t r0 = 0; r0 < Rpad_; r0 += mr_) {
+        for (int64_t r0 = 0; r0 < rows; r0 += mr_) {
           const float* ablock = a + r0 * K_ + k0 * mr_;
           float* cblock = c + r0 * Npad_ + n0;
           if (w == 32) {
@@ -271,9 +283,10 @@ class PackedGemm {
     }
   }
 
-  void run_amx(const uint16_t* a, const uint16_t* b, float* c, bool add) const {
+  void run_amx(const uint16_t* a, const uint16_t* b, float* c, bool add, int64_t nrt,
+               int64_t nkc_used) const {
 #if defined(__AMX_BF16__) && defined(__AMX_TILE__)
-    const int64_t nkc = Kpad_ / 32, nnt = Npad_ / 16, nrt = Rpad_ / 16;
+    const int64_t nkc = Kpad_ / 32, nnt = Npad_ / 16;
     const int64_t sa = lda_ * 2, sc = Npad_ * 4;
     for (int64_t nt = 0; nt < nnt; nt += 2) {
       const bool two_n = nt + 1 < nnt;
@@ -295,7 +308,7 @@ class PackedGemm {
           _tile_zero(2);
           _tile_zero(3);
         }
-        for (int64_t kc = 0; kc < nkc; ++kc) {
+        for (int64_t kc = 0; kc < nkc_used; ++kc) {
           _tile_loadd(4, a0 + kc * 32, sa);
           _tile_loadd(6, b0 + kc * 512, 64);
           _tile_dpbf16ps(0, 4, 6);

@@ -158,6 +158,30 @@ ffi::Error dims_of(ffi::Buffer<ffi::F32>& w_h, ffi::Buffer<ffi::F32>& x, bool st
   return ffi::Error::Success();
 }
 
+// Rows ordered by how many steps they are live (most first, stable), and for
+// each step the number of leading rows in that order that contain every live
+// row. With length masks (live = a prefix or a suffix of the steps), step t's
+// live rows are exactly the first rows[t], so the products skip ended rows:
+// for lengths uniform in 30..250 of 250 steps, about 44% of the work.
+struct RowOrder {
+  std::vector<int64_t> perm, rows;
+};
+
+RowOrder order_rows(const bool* live, int64_t T, int64_t R) {
+  RowOrder o;
+  std::vector<int64_t> count(R, 0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t r = 0; r < R; ++r) count[r] += live[t * R + r];
+  o.perm.resize(R);
+  for (int64_t r = 0; r < R; ++r) o.perm[r] = r;
+  std::stable_sort(o.perm.begin(), o.perm.end(), [&](int64_t a, int64_t b) { return count[a] > count[b]; });
+  o.rows.assign(T, 0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < R; ++i)
+      if (live[t * R + o.perm[i]]) o.rows[t] = i + 1;
+  return o;
+}
+
 // Per-sequence A buffers (two: step t reads one while the next is written).
 struct SharedA {
   std::vector<float> f32[2];
@@ -217,22 +241,25 @@ ffi::Error SeqForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_x, ffi::B
     float* cs_p = cs->typed_data() + p * T * R * H;
     float* ac_p = acts->typed_data() + p * T * R * G;
     SharedA& a = shared[s.group];
+    // Row i of A and C is sequence row perm[i].
+    const RowOrder order = order_rows(lv, T, R);
     // x_t's columns are written by the worker of unit 0.
     auto put_x = [&](void* a_buf, int64_t t) {
       if (u0 != 0 || t >= T) return;
-      for (int64_t r = 0; r < R; ++r) gemm.put_row(a_buf, r, H, xs + (t * R + r) * I, I);
+      for (int64_t i = 0; i < R; ++i) gemm.put_row(a_buf, i, H, xs + (t * R + order.perm[i]) * I, I);
     };
-    for (int64_t r = 0; r < R; ++r) gemm.put_row(a.at(0), r, u0, h_init + r * H + u0, nu);
+    for (int64_t i = 0; i < R; ++i) gemm.put_row(a.at(0), i, u0, h_init + order.perm[i] * H + u0, nu);
     put_x(a.at(0), 0);
     barrier.wait();
 
     for (int64_t t = 0; t < T; ++t) {
-      gemm.run(a.at(t % 2), c.data());
+      gemm.run(a.at(t % 2), c.data(), order.rows[t]);
       void* a_next = a.at((t + 1) % 2);
       put_x(a_next, t + 1);
       const float* cp_t = t > 0 ? cs_p + (t - 1) * R * H : c_init;
       const float* hp_t = t > 0 ? hs_p + (t - 1) * R * H : h_init;
-      for (int64_t r = 0; r < R; ++r) {
+      for (int64_t i = 0; i < R; ++i) {
+        const int64_t r = order.perm[i];
         const float* cp = cp_t + r * H + u0;
         const float* hp = hp_t + r * H + u0;
         float* c_out = cs_p + (t * R + r) * H + u0;
@@ -242,14 +269,14 @@ ffi::Error SeqForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_x, ffi::B
           std::memcpy(c_out, cp, nu * sizeof(float));
           std::memcpy(h_out, hp, nu * sizeof(float));
           for (int64_t g = 0; g < 4; ++g) std::memset(a_out + g * H, 0, nu * sizeof(float));
-          gemm.put_row(a_next, r, u0, hp, nu);
+          gemm.put_row(a_next, i, u0, hp, nu);
           continue;
         }
         const float* srow = st + (static_rows ? r : 0) * G + u0;
         drop_scales(drop, ks + t * R * 2, r, H, u0, nu, scale.data());
-        forward_row<true>(nu, nu, H, forget_bias, c.data() + r * gemm.ldc(), srow, H, cp,
+        forward_row<true>(nu, nu, H, forget_bias, c.data() + i * gemm.ldc(), srow, H, cp,
                           scale.data(), c_out, h_out, a_out);
-        gemm.put_row(a_next, r, u0, h_out, nu);
+        gemm.put_row(a_next, i, u0, h_out, nu);
       }
       barrier.wait();
     }
@@ -339,19 +366,26 @@ ffi::Error SeqBackward(ffi::Buffer<ffi::F32> d_hs, ffi::Buffer<ffi::F32> dh_fin,
     SharedA& a = shared[s.group];
     SharedA& a_w = shared_w[s.group];
 
-    for (int64_t t = T - 1, slot = 0, round = 0; t >= 0; --t) {
+    // Row i of A1 and C is sequence row perm[i]; the weight-gradient product takes
+    // only live rows, packed one after another along its K (all workers agree on
+    // the packing: live rows in order of i).
+    const RowOrder order = order_rows(lv, T, R);
+    for (int64_t t = T - 1, slot = 0, kfill = 0, round = 0; t >= 0; --t) {
       void* a_t = a.at(t % 2);
       void* aw = a_w.at(round % 2);
-      const int64_t k0 = slot * R;  // this step's rows in the weight-gradient product's K
       const float* hp_t = t > 0 ? hs_p + (t - 1) * R * H : h_init;
-      for (int64_t r = 0; r < R; ++r) {
-        gemm_w.put_col(aw, u0, k0 + r, hp_t + r * H + u0, 1, nu);
+      for (int64_t i = 0, k = kfill; i < R; ++i) {
+        const int64_t r = order.perm[i];
+        if (!lv[t * R + r]) continue;
+        gemm_w.put_col(aw, u0, k, hp_t + r * H + u0, 1, nu);
         if (lead) {
-          gemm_w.put_col(aw, H, k0 + r, xs + (t * R + r) * I, 1, I);
-          if (!static_rows) gemm_w.put_col(aw, H + I, k0 + r, ones.data(), 1, 1);
+          gemm_w.put_col(aw, H, k, xs + (t * R + r) * I, 1, I);
+          if (!static_rows) gemm_w.put_col(aw, H + I, k, ones.data(), 1, 1);
         }
+        ++k;
       }
-      for (int64_t r = 0; r < R; ++r) {
+      for (int64_t i = 0; i < R; ++i) {
+        const int64_t r = order.perm[i];
         float* dhc = dh_carry.data() + r * nu;
         float* dcc = dc_carry.data() + r * nu;
         float* dhp = dh_pass.data() + r * nu;
@@ -361,8 +395,8 @@ ffi::Error SeqBackward(ffi::Buffer<ffi::F32> d_hs, ffi::Buffer<ffi::F32> dh_fin,
           std::memcpy(dh.data(), dhc, nu * sizeof(float));
         }
         if (!lv[t * R + r]) {  // the step held its carry: gradients pass straight through
-          for (int64_t g = 0; g < 4; ++g) gemm.put_row(a_t, r, g * H + u0, zeros.data(), nu);
-          gemm_w.put_b_row(b_w, k0 + r, 0, zeros.data(), N);
+          if (i < order.rows[t])  // inside the product's rows: its C row must come out 0
+            for (int64_t g = 0; g < 4; ++g) gemm.put_row(a_t, i, g * H + u0, zeros.data(), nu);
           std::memcpy(dhp, dh.data(), nu * sizeof(float));
           continue;
         }
@@ -372,20 +406,36 @@ ffi::Error SeqBackward(ffi::Buffer<ffi::F32> d_hs, ffi::Buffer<ffi::F32> dh_fin,
         drop_scales(drop, ks + t * R * 2, r, H, u0, nu, scale.data());
         backward_row(nu, H, nu, dh.data(), dcc, ar, cp, cn, scale.data(), dgl.data(), dc_new.data(), dhp);
         std::memcpy(dcc, dc_new.data(), nu * sizeof(float));
-        gemm_w.put_b_row(b_w, k0 + r, 0, dgl.data(), N);
-        for (int64_t g = 0; g < 4; ++g) gemm.put_row(a_t, r, g * H + u0, dgl.data() + g * nu, nu);
+        gemm_w.put_b_row(b_w, kfill++, 0, dgl.data(), N);
+        for (int64_t g = 0; g < 4; ++g) gemm.put_row(a_t, i, g * H + u0, dgl.data() + g * nu, nu);
         if (static_rows) add(N, dgl.data(), d_rows.data() + r * N, d_rows.data() + r * N);
       }
       barrier.wait();
-      gemm.run(a_t, c.data());
-      for (int64_t r = 0; r < R; ++r) {
-        add(nu, c.data() + r * gemm.ldc(), dh_pass.data() + r * nu, dh_carry.data() + r * nu);
-        if (nx) std::memcpy(dx_p + (t * R + r) * I, c.data() + r * gemm.ldc() + nu, I * sizeof(float));
+      const int64_t rows = order.rows[t];
+      gemm.run(a_t, c.data(), rows);
+      for (int64_t i = 0; i < R; ++i) {
+        const int64_t r = order.perm[i];
+        if (i < rows) {
+          add(nu, c.data() + i * gemm.ldc(), dh_pass.data() + r * nu, dh_carry.data() + r * nu);
+        } else {
+          std::memcpy(dh_carry.data() + r * nu, dh_pass.data() + r * nu, nu * sizeof(float));
+        }
+        if (nx) {
+          float* dxr = dx_p + (t * R + r) * I;
+          if (i < rows) {
+            std::memcpy(dxr, c.data() + i * gemm.ldc() + nu, I * sizeof(float));
+          } else {
+            std::fill(dxr, dxr + I, 0.0f);
+          }
+        }
       }
       if (++slot == group || t == 0) {  // a full group, or the last (partial) one
-        for (int64_t k = slot * R; k < Kw; ++k) gemm_w.put_b_row(b_w, k, 0, zeros.data(), N);
-        gemm_w.run(aw, b_w, c_w.data(), true);
+        // Zero B's rows up to the engine's K block so the unused tail adds nothing.
+        for (int64_t k = kfill; k < std::min(Kw, (kfill + 31) / 32 * 32); ++k)
+          gemm_w.put_b_row(b_w, k, 0, zeros.data(), N);
+        gemm_w.run(aw, b_w, c_w.data(), true, M, kfill);
         slot = 0;
+        kfill = 0;
         ++round;
       }
     }
