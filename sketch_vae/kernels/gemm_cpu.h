@@ -57,14 +57,20 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-// Every tile: 16 rows of 64 bytes (A: 16 x 32 bf16, B: 16 pairs x 16, C: 16 x 16 f32).
+// Every tile 64 bytes wide (A: 32 bf16, B: 16 pairs, C: 16 f32); 16 rows, except that
+// C tiles 0, 1 and A tile 4 get `last_rows` rows for a product's last, partial row block.
+inline void load_tile_config(int last_rows = 16) {
+  TileConfig cfg;
+  for (int i = 0; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 16;
+  cfg.rows[0] = cfg.rows[1] = cfg.rows[4] = static_cast<uint8_t>(last_rows);
+  // gcc does not see ldtilecfg read cfg and may drop the stores above without this.
+  asm volatile("" : : "r"(&cfg) : "memory");
+  _tile_loadconfig(&cfg);
+}
+
 class AmxThread {
  public:
-  AmxThread() {
-    TileConfig cfg;
-    for (int i = 0; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 16;
-    _tile_loadconfig(&cfg);
-  }
+  AmxThread() { load_tile_config(); }
   ~AmxThread() { _tile_release(); }
 };
 #else
@@ -198,7 +204,7 @@ class PackedGemm {
     }
     if (amx_) {
       run_amx(static_cast<const uint16_t*>(a), static_cast<const uint16_t*>(b), c, add,
-              (rows + 15) / 16, (k + 31) / 32);
+              std::min(rows, Rpad_), (k + 31) / 32);
     } else {
       run_f32(static_cast<const float*>(a), static_cast<const float*>(b), c, add,
               (rows + mr_ - 1) / mr_ * mr_, k);
@@ -283,52 +289,59 @@ class PackedGemm {
     }
   }
 
-  void run_amx(const uint16_t* a, const uint16_t* b, float* c, bool add, int64_t nrt,
+  // Rows in 16-row tiles, two row tiles x two column tiles per pass; a last partial
+  // row block runs with tiles configured to its row count (AMX time follows rows).
+  void run_amx(const uint16_t* a, const uint16_t* b, float* c, bool add, int64_t rows,
                int64_t nkc_used) const {
 #if defined(__AMX_BF16__) && defined(__AMX_TILE__)
     const int64_t nkc = Kpad_ / 32, nnt = Npad_ / 16;
     const int64_t sa = lda_ * 2, sc = Npad_ * 4;
-    for (int64_t nt = 0; nt < nnt; nt += 2) {
+    auto pass = [&](int64_t rt, bool two_r, int64_t nt) {
       const bool two_n = nt + 1 < nnt;
       const uint16_t* b0 = b + nt * nkc * 512;
       const uint16_t* b1 = b0 + nkc * 512;
-      for (int64_t rt = 0; rt < nrt; rt += 2) {
-        const bool two_r = rt + 1 < nrt;
-        const uint16_t* a0 = a + rt * 16 * lda_;
-        const uint16_t* a1 = a0 + 16 * lda_;
-        float* c0 = c + rt * 16 * Npad_ + nt * 16;
-        if (add) {
-          _tile_loadd(0, c0, sc);
-          if (two_n) _tile_loadd(1, c0 + 16, sc);
-          if (two_r) _tile_loadd(2, c0 + 16 * Npad_, sc);
-          if (two_r && two_n) _tile_loadd(3, c0 + 16 * Npad_ + 16, sc);
-        } else {
-          _tile_zero(0);
-          _tile_zero(1);
-          _tile_zero(2);
-          _tile_zero(3);
+      const uint16_t* a0 = a + rt * 16 * lda_;
+      const uint16_t* a1 = a0 + 16 * lda_;
+      float* c0 = c + rt * 16 * Npad_ + nt * 16;
+      if (add) {
+        _tile_loadd(0, c0, sc);
+        if (two_n) _tile_loadd(1, c0 + 16, sc);
+        if (two_r) _tile_loadd(2, c0 + 16 * Npad_, sc);
+        if (two_r && two_n) _tile_loadd(3, c0 + 16 * Npad_ + 16, sc);
+      } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+      }
+      for (int64_t kc = 0; kc < nkc_used; ++kc) {
+        _tile_loadd(4, a0 + kc * 32, sa);
+        _tile_loadd(6, b0 + kc * 512, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        if (two_n) {
+          _tile_loadd(7, b1 + kc * 512, 64);
+          _tile_dpbf16ps(1, 4, 7);
         }
-        for (int64_t kc = 0; kc < nkc_used; ++kc) {
-          _tile_loadd(4, a0 + kc * 32, sa);
-          _tile_loadd(6, b0 + kc * 512, 64);
-          _tile_dpbf16ps(0, 4, 6);
-          if (two_n) {
-            _tile_loadd(7, b1 + kc * 512, 64);
-            _tile_dpbf16ps(1, 4, 7);
-          }
-          if (two_r) {
-            _tile_loadd(5, a1 + kc * 32, sa);
-            _tile_dpbf16ps(2, 5, 6);
-            if (two_n) _tile_dpbf16ps(3, 5, 7);
-          }
-        }
-        _tile_stored(0, c0, sc);
-        if (two_n) _tile_stored(1, c0 + 16, sc);
         if (two_r) {
-          _tile_stored(2, c0 + 16 * Npad_, sc);
-          if (two_n) _tile_stored(3, c0 + 16 * Npad_ + 16, sc);
+          _tile_loadd(5, a1 + kc * 32, sa);
+          _tile_dpbf16ps(2, 5, 6);
+          if (two_n) _tile_dpbf16ps(3, 5, 7);
         }
       }
+      _tile_stored(0, c0, sc);
+      if (two_n) _tile_stored(1, c0 + 16, sc);
+      if (two_r) {
+        _tile_stored(2, c0 + 16 * Npad_, sc);
+        if (two_n) _tile_stored(3, c0 + 16 * Npad_ + 16, sc);
+      }
+    };
+    const int64_t full = rows / 16, rest = rows % 16;
+    for (int64_t nt = 0; nt < nnt; nt += 2)
+      for (int64_t rt = 0; rt < full; rt += 2) pass(rt, rt + 1 < full, nt);
+    if (rest) {
+      load_tile_config(static_cast<int>(rest));
+      for (int64_t nt = 0; nt < nnt; nt += 2) pass(full, false, nt);
+      load_tile_config();
     }
 #endif
   }
