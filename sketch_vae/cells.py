@@ -157,6 +157,31 @@ def lstm_update(c, gates_G, dropout_key, keep, forget_bias):
   return new_c, o
 
 
+def ln_lstm_update(xh_G, hh_G, scaling, bias_G, gain_G, shift_G, c_gain_H, c_shift_H, c_prev,
+                   dropout_key, *, keep, forget_bias):
+  """The layer-norm LSTM update -> (c, h): gates = LN_per_gate(pre) * gain + shift with
+  pre = xh + hh + bias, or sx * xh + sh * hh + beta + bias when `scaling` is
+  (sx, sh, beta) (the HyperLSTM's main cell); h = tanh(LN(c) * c_gain + c_shift) * sigmoid(o).
+  fused_ln.update is the same on CPU as one kernel each way."""
+  if scaling is None:
+    pre = xh_G + hh_G
+  else:
+    sx, sh, beta = scaling
+    pre = sx * xh_G + sh * hh_G + beta
+  gates = layer_norm_gates(pre + bias_G, gain_G, shift_G)
+  c, o = lstm_update(c_prev, gates, dropout_key, keep, forget_bias)
+  return c, jnp.tanh(layer_norm(c, c_gain_H, c_shift_H)) * jax.nn.sigmoid(o)
+
+
+def _ln_update(cpu_kernels: bool):
+  """fused_ln.update where the CPU kernels build (it picks XLA off CPU), else the jnp one."""
+  if cpu_kernels:
+    from sketch_vae import fused_ln, fused_lstm  # late: compiles C++ on first use
+    if fused_lstm.cpu_kernels_available():
+      return fused_ln.update
+  return ln_lstm_update
+
+
 def _zeros_carry(hidden):
   def initial_carry(batch_shape=()):
     z = jnp.zeros(tuple(batch_shape) + (hidden,), jnp.float32)
@@ -222,7 +247,8 @@ def lstm(hidden_size: int, *, forget_bias: float = 1.0, dropout_keep: float = 0.
 
 
 def layer_norm_lstm(hidden_size: int, *, forget_bias: float = 1.0, dropout_keep: float = 0.9,
-                    matmul_dtype=None) -> Cell:
+                    matmul_dtype=None, cpu_kernels: bool = True) -> Cell:
+  """`cpu_kernels`: the cell update runs as fused_ln's kernels on CPU."""
   H = hidden_size
 
   def init(key, input_size):
@@ -241,9 +267,10 @@ def layer_norm_lstm(hidden_size: int, *, forget_bias: float = 1.0, dropout_keep:
     return params["w_h"]
 
   def step_split(params, carry, xp_G, hh_G, dropout_key=None):
-    gates = layer_norm_gates(xp_G + hh_G, params["ln_gates_gain"], params["ln_gates_shift"])
-    c, o = lstm_update(carry.c, gates, dropout_key, dropout_keep, forget_bias)
-    h = jnp.tanh(layer_norm(c, params["ln_c_gain"], params["ln_c_shift"])) * jax.nn.sigmoid(o)
+    c, h = _ln_update(cpu_kernels)(
+        xp_G, hh_G, None, jnp.zeros((4 * H,), jnp.float32), params["ln_gates_gain"],
+        params["ln_gates_shift"], params["ln_c_gain"], params["ln_c_shift"], carry.c, dropout_key,
+        keep=dropout_keep, forget_bias=forget_bias)
     return LSTMCarry(c=c, h=h), h
 
   step_projected = _projected_from_split(recurrent_kernel, step_split, matmul_dtype)
@@ -258,7 +285,8 @@ def layer_norm_lstm(hidden_size: int, *, forget_bias: float = 1.0, dropout_keep:
 
 def hyper_lstm(hidden_size: int, *, hyper_num_units: int = 256, hyper_embedding_size: int = 32,
                forget_bias: float = 1.0, dropout_keep: float = 0.9,
-               hyper_use_recurrent_dropout: bool = False, matmul_dtype=None) -> Cell:
+               hyper_use_recurrent_dropout: bool = False, matmul_dtype=None,
+               cpu_kernels: bool = True) -> Cell:
   """A layer-norm LSTM of K units reads concat(x, h) and scales the main cell's gates.
 
   Per gate and per path (x and h), as the original's `hyper_norm`:
@@ -271,7 +299,7 @@ def hyper_lstm(hidden_size: int, *, hyper_num_units: int = 256, hyper_embedding_
   """
   H, K, E = hidden_size, hyper_num_units, hyper_embedding_size
   hyper_cell = layer_norm_lstm(K, forget_bias=forget_bias, dropout_keep=dropout_keep,
-                               matmul_dtype=matmul_dtype)
+                               matmul_dtype=matmul_dtype, cpu_kernels=cpu_kernels)
   hyper_keep = dropout_keep if hyper_use_recurrent_dropout else 1.0
 
   def init(key, input_size):
@@ -308,12 +336,11 @@ def hyper_lstm(hidden_size: int, *, hyper_num_units: int = 256, hyper_embedding_
     # No bias here: the static bias is added after the hyper scaling (as rnn.py).
     return w, jnp.zeros((4 * H + 4 * K,), jnp.float32)
 
-  def _scale(hyper_h, zw, zw_b, alpha, path_G):
-    """alpha * path, per gate: [..., 4, H] scaling from [..., K] hyper output."""
+  def _scale(hyper_h, zw, zw_b, alpha):
+    """[..., 4H] per-unit gate scaling alpha from the [..., K] hyper output."""
     z = jnp.einsum("...k,gke->...ge", hyper_h, zw) + zw_b
     scale = jnp.einsum("...ge,geh->...gh", z, alpha)
-    path = path_G.reshape(*path_G.shape[:-1], 4, H)
-    return scale * path
+    return scale.reshape(*scale.shape[:-2], 4 * H)
 
   def recurrent_kernel(params):
     # h_prev feeds the main cell (W_h) and the hyper cell's input rows for h:
@@ -328,15 +355,15 @@ def hyper_lstm(hidden_size: int, *, hyper_num_units: int = 256, hyper_embedding_
     hyper_key = None if (dropout_key is None or hyper_keep >= 1.0) else keys_lib.fold_in(dropout_key, 1)
     hyper_carry, hyper_h = hyper_cell.step_projected(params["hyper"], carry.hyper,
                                                      hyper_xp + hyper_hh, hyper_key)
-    x_part = _scale(hyper_h, params["x_zw"], params["x_zw_b"], params["x_alpha"], xh_G)
-    h_part = _scale(hyper_h, params["h_zw"], params["h_zw_b"], params["h_alpha"], hh_G)
+    sx = _scale(hyper_h, params["x_zw"], params["x_zw_b"], params["x_alpha"])
+    sh = _scale(hyper_h, params["h_zw"], params["h_zw_b"], params["h_alpha"])
     zb = jnp.einsum("...k,gke->...ge", hyper_h, params["h_zb"])
-    beta = jnp.einsum("...ge,geh->...gh", zb, params["h_beta"])
-    gates = (x_part + h_part + beta).reshape(*xh_G.shape[:-1], 4 * H) + params["b"]
-    gates = layer_norm_gates(gates, params["ln_gates_gain"], params["ln_gates_shift"])
+    beta = jnp.einsum("...ge,geh->...gh", zb, params["h_beta"]).reshape(sx.shape)
     main_key = None if dropout_key is None else keys_lib.fold_in(dropout_key, 0)
-    c, o = lstm_update(carry.c, gates, main_key, dropout_keep, forget_bias)
-    h = jnp.tanh(layer_norm(c, params["ln_c_gain"], params["ln_c_shift"])) * jax.nn.sigmoid(o)
+    c, h = _ln_update(cpu_kernels)(
+        xh_G, hh_G, (sx, sh, beta), params["b"], params["ln_gates_gain"], params["ln_gates_shift"],
+        params["ln_c_gain"], params["ln_c_shift"], carry.c, main_key, keep=dropout_keep,
+        forget_bias=forget_bias)
     return HyperCarry(c=c, h=h, hyper=hyper_carry), h
 
   step_projected = _projected_from_split(recurrent_kernel, step_split, matmul_dtype)

@@ -42,8 +42,8 @@ from sketch_vae import keys as keys_lib
 from sketch_vae.cells import dot as _dot
 
 _KERNELS = pathlib.Path(__file__).parent / "kernels"
-_SOURCES = (_KERNELS / "lstm_cpu.cc", _KERNELS / "lstm_seq_cpu.cc")
-_HEADERS = (_KERNELS / "lstm_math.h", _KERNELS / "gemm_cpu.h")
+_SOURCES = (_KERNELS / "lstm_cpu.cc", _KERNELS / "lstm_seq_cpu.cc", _KERNELS / "ln_lstm_cpu.cc")
+_HEADERS = (_KERNELS / "lstm_math.h", _KERNELS / "gemm_cpu.h", _KERNELS / "ffi_rows.h")
 _STATUS = {"loaded": False, "reason": "not tried"}
 
 
@@ -97,7 +97,9 @@ def cpu_kernels_available() -> bool:
     for name, symbol in (("sketch_vae_lstm_fwd", lib.SketchVaeLstmForward),
                          ("sketch_vae_lstm_bwd", lib.SketchVaeLstmBackward),
                          ("sketch_vae_lstm_seq_fwd", lib.SketchVaeLstmSeqForward),
-                         ("sketch_vae_lstm_seq_bwd", lib.SketchVaeLstmSeqBackward)):
+                         ("sketch_vae_lstm_seq_bwd", lib.SketchVaeLstmSeqBackward),
+                         ("sketch_vae_ln_lstm_fwd", lib.SketchVaeLnLstmForward),
+                         ("sketch_vae_ln_lstm_bwd", lib.SketchVaeLnLstmBackward)):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
   except (OSError, FileNotFoundError, AttributeError) as e:
     _STATUS["reason"] = f"{type(e).__name__}: {e}"

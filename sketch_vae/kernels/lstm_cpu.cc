@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "ffi_rows.h"
 #include "lstm_math.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -32,33 +33,6 @@ namespace ffi = xla::ffi;
 using namespace sketch_vae;
 
 namespace {
-
-// Runs fn(row_begin, row_end) over [0, rows) on the pool's threads and this one.
-template <typename F>
-void parallel_rows(ffi::ThreadPool& pool, int64_t rows, int64_t work_per_row, F fn) {
-  int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  // Below ~64k elements a second thread costs more than it saves.
-  int64_t chunks = std::min<int64_t>({threads, rows, std::max<int64_t>(1, rows * work_per_row / 65536)});
-  if (chunks <= 1) {
-    fn(0, rows);
-    return;
-  }
-  std::atomic<int64_t> pending(chunks - 1);
-  int64_t per = (rows + chunks - 1) / chunks;
-  for (int64_t c = 1; c < chunks; ++c) {
-    int64_t a = c * per, b = std::min(rows, a + per);
-    pool.Schedule([&, a, b] {
-      if (a < b) fn(a, b);
-      pending.fetch_sub(1, std::memory_order_release);
-    });
-  }
-  fn(0, std::min(rows, per));
-  while (pending.load(std::memory_order_acquire) > 0) std::this_thread::yield();
-}
-
-int64_t rows_of(ffi::Buffer<ffi::F32>& b, int64_t width) {
-  return static_cast<int64_t>(b.element_count()) / width;
-}
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c_prev,
                    ffi::Buffer<ffi::F32> h_prev, ffi::Buffer<ffi::PRED> live,
@@ -77,7 +51,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gates, ffi::Buffe
   float* co = c_out->typed_data();
   float* ho = h_out->typed_data();
   float* ac = acts->typed_data();
-  parallel_rows(pool, R, 4 * H, [&](int64_t r0, int64_t r1) {
+  parallel_rows(pool, R, 4 * H, [&](int64_t, int64_t r0, int64_t r1) {
     std::vector<float> scale(H);
     for (int64_t r = r0; r < r1; ++r) {
       if (!lv[r]) {
@@ -114,7 +88,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dh, ffi::Buffer<
   float* dg = dgates->typed_data();
   float* dcp_out = dc_prev->typed_data();
   float* dhpass = dh_pass->typed_data();
-  parallel_rows(pool, R, 4 * H, [&](int64_t r0, int64_t r1) {
+  parallel_rows(pool, R, 4 * H, [&](int64_t, int64_t r0, int64_t r1) {
     std::vector<float> scale(H);
     for (int64_t r = r0; r < r1; ++r) {
       if (!lv[r]) {  // the step held its carry: gradients pass straight through

@@ -1,0 +1,104 @@
+"""The layer-norm LSTM update kernel (fused_ln) equals the jnp equations of cells.py, in
+values and gradients, and the layer-norm and HyperLSTM cells unroll to the same numbers
+with and without it."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sketch_vae import cells, fused_ln, fused_lstm, rnn
+
+H = 24
+G = 4 * H
+
+
+def _inputs(rows_shape, scaled, seed=0):
+  k = jax.random.split(jax.random.key(seed), 12)
+  n = lambda i, shape, s=1.0: s * jax.random.normal(k[i], shape, jnp.float32)
+  wide = tuple(rows_shape) + (G,)
+  scaling = (1.0 + n(2, wide, 0.3), 1.0 + n(3, wide, 0.3), n(4, wide, 0.2)) if scaled else None
+  return dict(xh=n(0, wide), hh=n(1, wide), scaling=scaling, bias=n(5, (G,), 0.2),
+              gain=1.0 + n(6, (G,), 0.3), shift=n(7, (G,), 0.2), c_gain=1.0 + n(8, (H,), 0.3),
+              c_shift=n(9, (H,), 0.2), c_prev=n(10, tuple(rows_shape) + (H,)))
+
+
+def _key(kind, rows_shape):
+  return {None: None, "one": jax.random.key(7),
+          "per_row": jax.random.split(jax.random.key(7), int(np.prod(rows_shape))).reshape(rows_shape)}[kind]
+
+
+def _run(fn, inp, key):
+  return fn(inp["xh"], inp["hh"], inp["scaling"], inp["bias"], inp["gain"], inp["shift"],
+            inp["c_gain"], inp["c_shift"], inp["c_prev"], key, keep=0.8, forget_bias=1.0)
+
+
+def test_kernels_registered():
+  assert fused_lstm.cpu_kernels_available(), fused_lstm.kernel_status()
+  assert cells._ln_update(True) is fused_ln.update
+  assert cells._ln_update(False) is cells.ln_lstm_update
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("keyed", [None, "one", "per_row"])
+@pytest.mark.parametrize("rows_shape", [(5,), (2, 3)])
+def test_update_values_and_gradients_equal_the_equations(scaled, keyed, rows_shape):
+  inp = _inputs(rows_shape, scaled)
+  key = _key(keyed, rows_shape)
+  w = jax.random.normal(jax.random.key(11), (2,) + inp["c_prev"].shape)
+
+  def loss(inp, fn):
+    c, h = _run(fn, inp, key)
+    return jnp.sum(w[0] * c) + jnp.sum(jnp.sin(3.0 * h) * w[1]), (c, h)
+
+  grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (_, (ca, ha)), ga = grad(inp, fused_ln.update)
+  (_, (cb, hb)), gb = grad(inp, cells.ln_lstm_update)
+  np.testing.assert_allclose(ca, cb, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ha, hb, rtol=1e-5, atol=1e-6)
+  for path, a in jax.tree_util.tree_leaves_with_path(ga):
+    b = dict(jax.tree_util.tree_leaves_with_path(gb))[path]
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
+  if keyed is not None:  # the mask really dropped units: differs from the run without a key
+    assert not np.allclose(_run(fused_ln.update, inp, None)[0], ca)
+
+
+def test_update_under_vmap_with_batched_parameters():
+  # The encoder's two directions: parameters stacked on a vmapped axis.
+  inp2 = [_inputs((4,), False, seed=s) for s in (0, 1)]
+  stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), *inp2)
+  keys = jax.random.split(jax.random.key(3), 2)
+
+  def loss(inp, fn):
+    c, h = jax.vmap(lambda i, k: _run(fn, i, k))(inp, keys)
+    return jnp.sum(jnp.cos(c)) + jnp.sum(h * h)
+
+  ga = jax.jit(jax.grad(loss), static_argnums=1)(stacked, fused_ln.update)
+  gb = jax.jit(jax.grad(loss), static_argnums=1)(stacked, cells.ln_lstm_update)
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "hyper"])
+def test_cells_unroll_the_same_with_and_without_the_kernel(name):
+  B, T, I, Hc = 4, 6, 5, 16
+  options = dict(hyper_num_units=8, hyper_embedding_size=4) if name == "hyper" else {}
+  fast = cells.make(name, Hc, dropout_keep=0.8, **options)
+  plain = cells.make(name, Hc, dropout_keep=0.8, cpu_kernels=False, **options)
+  params = fast.init(jax.random.key(0), I + 3)
+  params = jax.tree.map(lambda a: a + 0.2 * jax.random.normal(jax.random.key(1), a.shape), params)
+  xs = jax.random.normal(jax.random.key(2), (T, B, I))
+  static = jax.random.normal(jax.random.key(3), (B, 3))
+  mask = jnp.arange(T)[:, None] < jnp.array([6, 2, 4, 5])[None, :]
+  key = jax.random.split(jax.random.key(4), B)
+
+  def loss(p, cell):
+    final, hs = rnn.unroll(cell, p, cell.initial_carry((B,)), xs, static_BxJ=static,
+                           dropout_key=key, mask_TxB=mask)
+    return jnp.sum(jnp.sin(hs)) + jnp.sum(final.c ** 2), hs
+
+  grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (va, ha), ga = grad(params, fast)
+  (vb, hb), gb = grad(params, plain)
+  np.testing.assert_allclose(ha, hb, rtol=1e-5, atol=2e-6)
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(a, b, rtol=3e-4, atol=3e-5)
