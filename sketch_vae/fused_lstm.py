@@ -42,9 +42,11 @@ from sketch_vae import keys as keys_lib
 from sketch_vae.cells import dot as _dot
 
 _KERNELS = pathlib.Path(__file__).parent / "kernels"
-_SOURCES = (_KERNELS / "lstm_cpu.cc", _KERNELS / "lstm_seq_cpu.cc", _KERNELS / "ln_lstm_cpu.cc")
+_SOURCES = (_KERNELS / "lstm_cpu.cc", _KERNELS / "lstm_seq_cpu.cc", _KERNELS / "ln_lstm_cpu.cc",
+            _KERNELS / "packed_matmul_cpu.cc")
 _HEADERS = (_KERNELS / "lstm_math.h", _KERNELS / "gemm_cpu.h", _KERNELS / "ffi_rows.h")
 _STATUS = {"loaded": False, "reason": "not tried"}
+_LIB: list = []  # the loaded kernel library, once built
 
 
 def _cache_dir() -> pathlib.Path:
@@ -99,12 +101,17 @@ def cpu_kernels_available() -> bool:
                          ("sketch_vae_lstm_seq_fwd", lib.SketchVaeLstmSeqForward),
                          ("sketch_vae_lstm_seq_bwd", lib.SketchVaeLstmSeqBackward),
                          ("sketch_vae_ln_lstm_fwd", lib.SketchVaeLnLstmForward),
-                         ("sketch_vae_ln_lstm_bwd", lib.SketchVaeLnLstmBackward)):
+                         ("sketch_vae_ln_lstm_bwd", lib.SketchVaeLnLstmBackward),
+                         ("sketch_vae_pack_b", lib.SketchVaePackB),
+                         ("sketch_vae_packed_matmul", lib.SketchVaePackedMatmul)):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
   except (OSError, FileNotFoundError, AttributeError) as e:
     _STATUS["reason"] = f"{type(e).__name__}: {e}"
     return False
   lib.SketchVaeAmxReady.restype = ctypes.c_bool
+  lib.SketchVaePackedBytes.restype = ctypes.c_int64
+  lib.SketchVaePackedBytes.argtypes = (ctypes.c_int64, ctypes.c_int64, ctypes.c_bool, ctypes.c_int64)
+  _LIB.append(lib)
   _STATUS.update(loaded=True, reason="compiled with g++ and registered",
                  amx_bf16=bool(lib.SketchVaeAmxReady()))
   return True

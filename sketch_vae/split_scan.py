@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from sketch_vae import keys as keys_lib
+from sketch_vae import packed
 from sketch_vae.cells import dot as _dot
 
 CHUNK = 25  # time steps per weight-gradient matmul after the reverse scan
@@ -48,15 +49,36 @@ def _recurrence(cell, matmul_dtype, params, carry0, x, xp_static, live, step_key
   return _forward(cell, matmul_dtype, params, carry0, x, xp_static, live, step_keys)[0]
 
 
+def _product(w, matmul_dtype, use_packed):
+  """h -> h @ w per step: on CPU with w packed once (packed.py), else an XLA dot."""
+  if use_packed:
+    w_packed, n = packed.pack(w, matmul_dtype), w.shape[-1]
+    return lambda h: packed.matmul(h, w_packed, n, matmul_dtype)
+  return lambda h: _dot(h, w, matmul_dtype)
+
+
+def _per_platform(impl, matmul_dtype, *args):
+  """impl(*args, use_packed=...) with the packed product on CPU when the kernels build."""
+  if not packed.usable(matmul_dtype):
+    return impl(*args, use_packed=False)
+  return jax.lax.platform_dependent(*args, cpu=functools.partial(impl, use_packed=True),
+                                    default=functools.partial(impl, use_packed=False))
+
+
 def _forward(cell, matmul_dtype, params, carry0, x, xp_static, live, step_keys):
+  impl = functools.partial(_forward_impl, cell, matmul_dtype)
+  return _per_platform(impl, matmul_dtype, params, carry0, x, xp_static, live, step_keys)
+
+
+def _forward_impl(cell, matmul_dtype, params, carry0, x, xp_static, live, step_keys, *, use_packed):
   I = x.shape[-1]
   w_x = cell.input_kernel(params)[0][:I]
-  W = cell.recurrent_kernel(params)
+  recurrent = _product(cell.recurrent_kernel(params), matmul_dtype, use_packed)
 
   def body(carry, inputs):
     x_t, live_t, key_t = inputs
     xp = _dot(x_t, w_x, matmul_dtype) + xp_static
-    hh = _dot(carry.h, W, matmul_dtype)
+    hh = recurrent(carry.h)
     new, _ = cell.step_split(params, carry, xp, hh, key_t)
     new = _held(live_t, new, carry)
     return new, (new.h, carry, hh)
@@ -71,12 +93,17 @@ def _recurrence_fwd(cell, matmul_dtype, params, carry0, x, xp_static, live, step
 
 
 def _recurrence_bwd(cell, matmul_dtype, residuals, cotangents):
+  impl = functools.partial(_backward_impl, cell, matmul_dtype)
+  return _per_platform(impl, matmul_dtype, residuals, cotangents)
+
+
+def _backward_impl(cell, matmul_dtype, residuals, cotangents, *, use_packed):
   params, x, xp_static, live, step_keys, carries, hhs = residuals
   d_final, d_hs = cotangents
   T, I = x.shape[0], x.shape[-1]
   w_x = cell.input_kernel(params)[0][:I]
   W = cell.recurrent_kernel(params)
-  W_t = W.T if matmul_dtype is None else W.T.astype(matmul_dtype)
+  transposed = _product(W.T, matmul_dtype, use_packed)
 
   def rest(p, carry, xp, hh, key, live_t):
     new, _ = cell.step_split(p, carry, xp, hh, key)
@@ -91,7 +118,7 @@ def _recurrence_bwd(cell, matmul_dtype, residuals, cotangents):
     xp = _dot(x_t, w_x, matmul_dtype) + xp_static
     _, vjp = jax.vjp(lambda p, c, xp, hh: rest(p, c, xp, hh, key_t, live_t), params, carry, xp, hh)
     dp, d_prev, d_xp, d_hh = vjp(d_carry)
-    d_prev = d_prev._replace(h=d_prev.h + _dot(d_hh, W_t, matmul_dtype))
+    d_prev = d_prev._replace(h=d_prev.h + transposed(d_hh))
     d_params = jax.tree.map(jnp.add, d_params, dp)
     # The input-side gradients are summed here: stacking d xp over all steps
     # (P = 9216 wide for the paper's HyperLSTM) and reducing after the loop

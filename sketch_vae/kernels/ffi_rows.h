@@ -4,14 +4,20 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <thread>
 
 #include "xla/ffi/api/ffi.h"
 
 namespace sketch_vae {
 
-// Runs fn(chunk, row_begin, row_end) over [0, rows) on XLA's intra-op pool and
-// this thread; returns the number of chunks used (at most the pool's threads).
+// Runs fn(chunk, row_begin, row_end) over [0, rows) in chunks, on XLA's intra-op
+// pool and this thread; returns the number of chunks (at most the pool's threads).
+// Chunks are claimed, not assigned: this thread takes whatever chunks no pool
+// thread has started, so the call finishes even when every pool thread is busy
+// (XLA runs independent thunks at once, and two of these calls waiting for each
+// other's scheduled tasks would otherwise deadlock). A task that starts after
+// all chunks are claimed returns at once; it touches only the shared counters.
 template <typename F>
 int64_t parallel_rows(xla::ffi::ThreadPool& pool, int64_t rows, int64_t work_per_row, F fn) {
   int64_t threads = std::max<int64_t>(1, pool.num_threads());
@@ -21,17 +27,21 @@ int64_t parallel_rows(xla::ffi::ThreadPool& pool, int64_t rows, int64_t work_per
     fn(0, 0, rows);
     return 1;
   }
-  std::atomic<int64_t> pending(chunks - 1);
-  int64_t per = (rows + chunks - 1) / chunks;
-  for (int64_t c = 1; c < chunks; ++c) {
-    int64_t a = c * per, b = std::min(rows, a + per);
-    pool.Schedule([&, c, a, b] {
+  struct Counters {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto counters = std::make_shared<Counters>();
+  const int64_t per = (rows + chunks - 1) / chunks;
+  auto run = [counters, chunks, per, rows, &fn] {
+    for (int64_t c; (c = counters->next.fetch_add(1, std::memory_order_acq_rel)) < chunks;) {
+      const int64_t a = c * per, b = std::min(rows, a + per);
       if (a < b) fn(c, a, b);
-      pending.fetch_sub(1, std::memory_order_release);
-    });
-  }
-  fn(0, 0, std::min(rows, per));
-  while (pending.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+      counters->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t c = 1; c < chunks; ++c) pool.Schedule([run] { run(); });
+  run();
+  while (counters->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
   return chunks;
 }
 
