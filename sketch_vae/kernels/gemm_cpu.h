@@ -269,8 +269,37 @@ class PackedGemm {
   }
 
   // K in even slices of at most 256 so that a slice of a B panel (256 x 32) stays in L1.
+  // When C is too large to stay in L2 between K slices (the HyperLSTM 2048's
+  // [100 x 4608] per core: 1.8 MB), each 32-column panel runs all its K slices
+  // before the next, so a C block is written once instead of re-read per slice.
   void run_f32(const float* a, const float* b, float* c, bool add, int64_t rows, int64_t K) const {
     const int64_t slices = (K + 255) / 256, step = (K + slices - 1) / slices;
+    if (rows * Npad_ * 4 > (512 << 10) || K_ >= 4096) {
+      for (int64_t n0 = 0; n0 < Npad_; n0 += 32) {
+        const int64_t w = std::min<int64_t>(32, Npad_ - n0);
+        for (int64_t k0 = 0; k0 < K; k0 += step) {
+          const int64_t kc = std::min(step, K - k0);
+          const float* panel = b + n0 * K_ + k0 * w;
+          // The next slice of B (streamed from memory once per step) is fetched
+          // while this one is in use, a share per row block.
+          const char* next = reinterpret_cast<const char*>(panel + kc * w);
+          const int64_t lines = kc * w / 16, blocks = (rows + mr_ - 1) / mr_;
+          const int64_t per = (lines + blocks - 1) / blocks;
+          for (int64_t r0 = 0, i = 0; r0 < rows; r0 += mr_, ++i) {
+            for (int64_t l = i * per; l < std::min(lines, (i + 1) * per); ++l)
+              __builtin_prefetch(next + 64 * l, 0, 3);
+            const float* ablock = a + r0 * K_ + k0 * mr_;
+            float* cblock = c + r0 * Npad_ + n0;
+            if (w == 32) {
+              block<2>(mr_, kc, ablock, panel, cblock, add || k0 > 0);
+            } else {
+              block<1>(mr_, kc, ablock, panel, cblock, add || k0 > 0);
+            }
+          }
+        }
+      }
+      return;
+    }
     for (int64_t k0 = 0; k0 < K; k0 += step) {
       const int64_t kc = std::min(step, K - k0);
       for (int64_t n0 = 0; n0 < Npad_; n0 += 32) {
