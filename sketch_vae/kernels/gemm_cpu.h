@@ -122,6 +122,9 @@ class PackedGemm {
     }
   }
 
+  // Lets run() take the panel-outer float32 order for large C slices or deep K.
+  void allow_panel_order(bool on) { panel_order_ = on; }
+
   bool a_bf16() const { return amx_; }        // A and B buffers hold bf16 (uint16), else float
   int64_t a_size() const { return a_size_; }  // elements of an A buffer (zero it once)
   int64_t b_size() const { return b_size_; }  // elements of a B buffer (zero it once)
@@ -269,12 +272,14 @@ class PackedGemm {
   }
 
   // K in even slices of at most 256 so that a slice of a B panel (256 x 32) stays in L1.
-  // When C is too large to stay in L2 between K slices (the HyperLSTM 2048's
-  // [100 x 4608] per core: 1.8 MB), each 32-column panel runs all its K slices
-  // before the next, so a C block is written once instead of re-read per slice.
+  // With panel order allowed (packed_matmul_cpu.cc; the LSTM kernels keep the
+  // order they were measured with), when C is too large to stay in L2 between K
+  // slices (the HyperLSTM 2048's [100 x 4608] per core: 1.8 MB) or K is deep, each
+  // 32-column panel runs all its K slices before the next, so a C block is
+  // written once instead of re-read per slice.
   void run_f32(const float* a, const float* b, float* c, bool add, int64_t rows, int64_t K) const {
     const int64_t slices = (K + 255) / 256, step = (K + slices - 1) / slices;
-    if (rows * Npad_ * 4 > (512 << 10) || K_ >= 4096) {
+    if (panel_order_ && (rows * Npad_ * 4 > (512 << 10) || K_ >= 4096)) {
       for (int64_t n0 = 0; n0 < Npad_; n0 += 32) {
         const int64_t w = std::min<int64_t>(32, Npad_ - n0);
         for (int64_t k0 = 0; k0 < K; k0 += step) {
@@ -378,7 +383,7 @@ class PackedGemm {
   int64_t R_ = 0, K_ = 0, N_ = 0, Kpad_ = 0, Rpad_ = 0, Npad_ = 0, lda_ = 0, a_size_ = 0,
           b_size_ = 0;
   int mr_ = 1;
-  bool bf16_ = false, amx_ = false;
+  bool bf16_ = false, amx_ = false, panel_order_ = false;
   std::vector<float> bpack_;
   std::vector<uint16_t> bpack16_;
 };

@@ -39,6 +39,7 @@ inline PackedGemm geometry(int64_t R, int64_t K, int64_t N, bool bf16, int64_t p
   slice(N, parts, p, &n0, &n1);
   PackedGemm g;
   g.shape(R, K, std::max<int64_t>(1, n1 - n0), bf16);
+  g.allow_panel_order(true);
   return g;
 }
 
