@@ -28,3 +28,16 @@ def absolute_strokes(s3):
   xy = np.cumsum(np.asarray(s3, np.int64)[:, :2], axis=0)
   cuts = np.flatnonzero(np.asarray(s3)[:, 2] == 1) + 1
   return [part for part in np.split(xy, cuts) if len(part)]
+
+
+def assert_same_outputs_and_grads(loss, params, cell_a, cell_b, *, out_tol, grad_tol):
+  """loss(params, cell) -> (value, outputs): both cells give the same outputs and the same
+  gradients to the parameters; tolerances are (rtol, atol)."""
+  import jax  # late: the fake-device flags above must be set before JAX loads
+
+  grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (_, out_a), grads_a = grad(params, cell_a)
+  (_, out_b), grads_b = grad(params, cell_b)
+  np.testing.assert_allclose(out_a, out_b, rtol=out_tol[0], atol=out_tol[1])
+  for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+    np.testing.assert_allclose(a, b, rtol=grad_tol[0], atol=grad_tol[1])

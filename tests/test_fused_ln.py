@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_same_outputs_and_grads
 
 from sketch_vae import cells, fused_ln, fused_lstm, rnn
 
@@ -96,9 +97,4 @@ def test_cells_unroll_the_same_with_and_without_the_kernel(name):
                            dropout_key=key, mask_TxB=mask)
     return jnp.sum(jnp.sin(hs)) + jnp.sum(final.c ** 2), hs
 
-  grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
-  (va, ha), ga = grad(params, fast)
-  (vb, hb), gb = grad(params, plain)
-  np.testing.assert_allclose(ha, hb, rtol=1e-5, atol=2e-6)
-  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
-    np.testing.assert_allclose(a, b, rtol=3e-4, atol=3e-5)
+  assert_same_outputs_and_grads(loss, params, fast, plain, out_tol=(1e-5, 2e-6), grad_tol=(3e-4, 3e-5))

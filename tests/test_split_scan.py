@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_same_outputs_and_grads
 
 from sketch_vae import cells, rnn
 
@@ -85,12 +86,7 @@ def test_split_scan_bfloat16_matches_the_plain_bfloat16_scan(name):
     _, hs = rnn.unroll(which, p, carry, xs, static_BxJ=static, matmul_dtype=jnp.bfloat16)
     return jnp.sum(jnp.sin(hs)), hs
 
-  grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
-  (va, ha), ga = grad(params, cell)
-  (vb, hb), gb = grad(params, plain)
-  np.testing.assert_allclose(ha, hb, rtol=1e-3, atol=1e-3)
-  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
-    np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-3)
+  assert_same_outputs_and_grads(loss, params, cell, plain, out_tol=(1e-3, 1e-3), grad_tol=(2e-2, 2e-3))
 
 
 def test_packed_product_under_vmap_with_one_side_shared():

@@ -279,28 +279,15 @@ class PackedGemm {
   // written once instead of re-read per slice.
   void run_f32(const float* a, const float* b, float* c, bool add, int64_t rows, int64_t K) const {
     const int64_t slices = (K + 255) / 256, step = (K + slices - 1) / slices;
+    auto panel_of = [&](int64_t n0, int64_t k0, int64_t w) { return b + n0 * K_ + k0 * w; };
     if (panel_order_ && (rows * Npad_ * 4 > (512 << 10) || K_ >= 4096)) {
       for (int64_t n0 = 0; n0 < Npad_; n0 += 32) {
         const int64_t w = std::min<int64_t>(32, Npad_ - n0);
         for (int64_t k0 = 0; k0 < K; k0 += step) {
           const int64_t kc = std::min(step, K - k0);
-          const float* panel = b + n0 * K_ + k0 * w;
           // The next slice of B (streamed from memory once per step) is fetched
-          // while this one is in use, a share per row block.
-          const char* next = reinterpret_cast<const char*>(panel + kc * w);
-          const int64_t lines = kc * w / 16, blocks = (rows + mr_ - 1) / mr_;
-          const int64_t per = (lines + blocks - 1) / blocks;
-          for (int64_t r0 = 0, i = 0; r0 < rows; r0 += mr_, ++i) {
-            for (int64_t l = i * per; l < std::min(lines, (i + 1) * per); ++l)
-              __builtin_prefetch(next + 64 * l, 0, 3);
-            const float* ablock = a + r0 * K_ + k0 * mr_;
-            float* cblock = c + r0 * Npad_ + n0;
-            if (w == 32) {
-              block<2>(mr_, kc, ablock, panel, cblock, add || k0 > 0);
-            } else {
-              block<1>(mr_, kc, ablock, panel, cblock, add || k0 > 0);
-            }
-          }
+          // while this one is in use.
+          row_blocks(a, panel_of(n0, k0, w), c, rows, n0, k0, kc, w, add, true);
         }
       }
       return;
@@ -309,16 +296,27 @@ class PackedGemm {
       const int64_t kc = std::min(step, K - k0);
       for (int64_t n0 = 0; n0 < Npad_; n0 += 32) {
         const int64_t w = std::min<int64_t>(32, Npad_ - n0);
-        const float* panel = b + n0 * K_ + k0 * w;
-        for (int64_t r0 = 0; r0 < rows; r0 += mr_) {
-          const float* ablock = a + r0 * K_ + k0 * mr_;
-          float* cblock = c + r0 * Npad_ + n0;
-          if (w == 32) {
-            block<2>(mr_, kc, ablock, panel, cblock, add || k0 > 0);
-          } else {
-            block<1>(mr_, kc, ablock, panel, cblock, add || k0 > 0);
-          }
-        }
+        row_blocks(a, panel_of(n0, k0, w), c, rows, n0, k0, kc, w, add, false);
+      }
+    }
+  }
+
+  // One K slice of one B panel against every row block of A; with `prefetch`, the
+  // panel's next K slice is fetched into cache, a share per row block.
+  void row_blocks(const float* a, const float* panel, float* c, int64_t rows, int64_t n0,
+                  int64_t k0, int64_t kc, int64_t w, bool add, bool prefetch) const {
+    const char* next = reinterpret_cast<const char*>(panel + kc * w);
+    const int64_t lines = prefetch ? kc * w / 16 : 0, blocks = (rows + mr_ - 1) / mr_;
+    const int64_t per = (lines + blocks - 1) / blocks;
+    for (int64_t r0 = 0, i = 0; r0 < rows; r0 += mr_, ++i) {
+      for (int64_t l = i * per; l < std::min(lines, (i + 1) * per); ++l)
+        __builtin_prefetch(next + 64 * l, 0, 3);
+      const float* ablock = a + r0 * K_ + k0 * mr_;
+      float* cblock = c + r0 * Npad_ + n0;
+      if (w == 32) {
+        block<2>(mr_, kc, ablock, panel, cblock, add || k0 > 0);
+      } else {
+        block<1>(mr_, kc, ablock, panel, cblock, add || k0 > 0);
       }
     }
   }
