@@ -1,7 +1,8 @@
 """Counting the matrix-product FLOPs of a traced function, scans included.
 
 Walks the jaxpr: every `dot_general` counts 2 * (product of batch dims) * M * N * K,
-and an equation inside a `scan` body counts `length` times. Used by the
+an equation inside a `scan` body counts `length` times, and a `cond` (which runs
+one branch; `jax.lax.platform_dependent` is one) counts its costliest branch. Used by the
 benchmark to report achieved GFLOP/s of the work actually done (e.g. the
 hoisted z projection is counted once per sequence, not per step).
 """
@@ -38,9 +39,11 @@ def jaxpr_matmul_flops(jaxpr) -> int:
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == "dot_general":
       total += _dot_flops(eqn)
-    times = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
-    for sub in _subjaxprs(eqn):
-      total += times * jaxpr_matmul_flops(sub)
+    subs = [jaxpr_matmul_flops(sub) for sub in _subjaxprs(eqn)]
+    if eqn.primitive.name == "cond":
+      total += max(subs, default=0)
+    else:
+      total += eqn.params.get("length", 1) * sum(subs) if eqn.primitive.name == "scan" else sum(subs)
   return total
 
 
