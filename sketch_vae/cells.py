@@ -162,15 +162,23 @@ def ln_lstm_update(xh_G, hh_G, scaling, bias_G, gain_G, shift_G, c_gain_H, c_shi
   """The layer-norm LSTM update -> (c, h): gates = LN_per_gate(pre) * gain + shift with
   pre = xh + hh + bias, or sx * xh + sh * hh + beta + bias when `scaling` is
   (sx, sh, beta) (the HyperLSTM's main cell); h = tanh(LN(c) * c_gain + c_shift) * sigmoid(o).
+  xh, hh: [..., 4H]; sx, sh, beta: gate-major [4, ..., H] (gate q, unit k scales
+  column q * H + k), the layout the hyper network's per-gate products produce.
   fused_ln.update is the same on CPU as one kernel each way."""
   if scaling is None:
     pre = xh_G + hh_G
   else:
-    sx, sh, beta = scaling
+    sx, sh, beta = (_gate_columns(s) for s in scaling)
     pre = sx * xh_G + sh * hh_G + beta
   gates = layer_norm_gates(pre + bias_G, gain_G, shift_G)
   c, o = lstm_update(c_prev, gates, dropout_key, keep, forget_bias)
   return c, jnp.tanh(layer_norm(c, c_gain_H, c_shift_H)) * jax.nn.sigmoid(o)
+
+
+def _gate_columns(s_4xRxH):
+  """[4, ..., H] gate-major -> [..., 4H] (gate q's units at columns q * H ...)."""
+  moved = jnp.moveaxis(s_4xRxH, 0, -2)
+  return moved.reshape(moved.shape[:-2] + (4 * moved.shape[-1],))
 
 
 def _ln_update(cpu_kernels: bool):
@@ -336,11 +344,14 @@ def hyper_lstm(hidden_size: int, *, hyper_num_units: int = 256, hyper_embedding_
     # No bias here: the static bias is added after the hyper scaling (as rnn.py).
     return w, jnp.zeros((4 * H + 4 * K,), jnp.float32)
 
-  def _scale(hyper_h, zw, zw_b, alpha):
-    """[..., 4H] per-unit gate scaling alpha from the [..., K] hyper output."""
-    z = jnp.einsum("...k,gke->...ge", hyper_h, zw) + zw_b
-    scale = jnp.einsum("...ge,geh->...gh", z, alpha)
-    return scale.reshape(*scale.shape[:-2], 4 * H)
+  def _embed(hyper_h, zw, zw_b=None):
+    """[4, ..., E] per-gate embeddings z = hyper_h @ zw (+ zw_b) of the [..., K] hyper output."""
+    z = jnp.einsum("...k,gke->g...e", hyper_h, zw)
+    return z if zw_b is None else z + zw_b.reshape((4,) + (1,) * (hyper_h.ndim - 1) + (E,))
+
+  def _per_gate(z, w):
+    """[4, ..., H] = z_q @ w_q per gate: gate-major, so no transpose of the [.., 4H] result."""
+    return jnp.einsum("g...e,geh->g...h", z, w)
 
   def recurrent_kernel(params):
     # h_prev feeds the main cell (W_h) and the hyper cell's input rows for h:
@@ -355,10 +366,9 @@ def hyper_lstm(hidden_size: int, *, hyper_num_units: int = 256, hyper_embedding_
     hyper_key = None if (dropout_key is None or hyper_keep >= 1.0) else keys_lib.fold_in(dropout_key, 1)
     hyper_carry, hyper_h = hyper_cell.step_projected(params["hyper"], carry.hyper,
                                                      hyper_xp + hyper_hh, hyper_key)
-    sx = _scale(hyper_h, params["x_zw"], params["x_zw_b"], params["x_alpha"])
-    sh = _scale(hyper_h, params["h_zw"], params["h_zw_b"], params["h_alpha"])
-    zb = jnp.einsum("...k,gke->...ge", hyper_h, params["h_zb"])
-    beta = jnp.einsum("...ge,geh->...gh", zb, params["h_beta"]).reshape(sx.shape)
+    sx = _per_gate(_embed(hyper_h, params["x_zw"], params["x_zw_b"]), params["x_alpha"])
+    sh = _per_gate(_embed(hyper_h, params["h_zw"], params["h_zw_b"]), params["h_alpha"])
+    beta = _per_gate(_embed(hyper_h, params["h_zb"]), params["h_beta"])
     main_key = None if dropout_key is None else keys_lib.fold_in(dropout_key, 0)
     c, h = _ln_update(cpu_kernels)(
         xh_G, hh_G, (sx, sh, beta), params["b"], params["ln_gates_gain"], params["ln_gates_shift"],

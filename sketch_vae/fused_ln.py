@@ -56,11 +56,14 @@ def _fwd_ffi(static, *args):
 
 
 def _bwd_ffi(static, args, dc, dh):
-  xh, gain, c_gain, c_prev = args[0], args[6], args[8], args[10]
+  xh, sx, gain, c_gain, c_prev = args[0], args[2], args[6], args[8], args[10]
   f32 = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
-  wide = f32(xh.shape) if static[4] else f32((1,))
-  outs = (f32(xh.shape), wide, wide, wide, wide, f32(gain.shape), f32(gain.shape), f32(gain.shape),
-          f32(c_gain.shape), f32(c_gain.shape), f32(c_prev.shape))
+  scaled = static[4]
+  # d_pre is d_beta when scaled (gate-major, like sx), else the row-major d_xh = d_hh.
+  wide = f32(xh.shape) if scaled else f32((1,))
+  gates = f32(sx.shape) if scaled else f32((1,))
+  outs = (f32(sx.shape) if scaled else f32(xh.shape), wide, wide, gates, gates, f32(gain.shape),
+          f32(gain.shape), f32(gain.shape), f32(c_gain.shape), f32(c_gain.shape), f32(c_prev.shape))
   return jax.ffi.ffi_call("sketch_vae_ln_lstm_bwd", outs, vmap_method="broadcast_all")(
       *args, dc, dh, **_attrs(static))
 
@@ -105,8 +108,8 @@ def update(xh, hh, scaling, bias, gain, shift, c_gain, c_shift, c_prev, dropout_
            forget_bias: float):
   """`cells.ln_lstm_update`'s contract, one FFI call each way on CPU -> (c, h).
 
-  Rows are flattened for the kernel; `scaling` is None or (sx, sh, beta),
-  each shaped like xh.
+  Rows are flattened for the kernel; `scaling` is None or (sx, sh, beta), each
+  gate-major [4, *rows, H] (see `cells.ln_lstm_update`).
   """
   rows_shape, H = c_prev.shape[:-1], c_prev.shape[-1]
   R = int(np.prod(rows_shape))
@@ -115,7 +118,8 @@ def update(xh, hh, scaling, bias, gain, shift, c_gain, c_shift, c_prev, dropout_
   static = (float(keep), bool(use_dropout), bool(flat), float(forget_bias), scaling is not None)
   rows = lambda a: jnp.broadcast_to(a, tuple(rows_shape) + a.shape[-1:]).reshape(R, a.shape[-1])
   dummy = jnp.zeros((1,), jnp.float32)
-  sx, sh, beta = (rows(a) for a in scaling) if scaling is not None else (dummy,) * 3
+  gate_rows = lambda a: jnp.broadcast_to(a, (4,) + tuple(rows_shape) + (H,)).reshape(4, R, H)
+  sx, sh, beta = (gate_rows(a) for a in scaling) if scaling is not None else (dummy,) * 3
   c, h = _update(static, rows(xh), rows(hh), sx, sh, beta, bias, gain, shift, c_gain, c_shift,
                  c_prev.reshape(R, H), keybits.reshape(R, 2))
   return c.reshape(c_prev.shape), h.reshape(c_prev.shape)

@@ -17,7 +17,8 @@ def _inputs(rows_shape, scaled, seed=0):
   k = jax.random.split(jax.random.key(seed), 12)
   n = lambda i, shape, s=1.0: s * jax.random.normal(k[i], shape, jnp.float32)
   wide = tuple(rows_shape) + (G,)
-  scaling = (1.0 + n(2, wide, 0.3), 1.0 + n(3, wide, 0.3), n(4, wide, 0.2)) if scaled else None
+  gates = (4,) + tuple(rows_shape) + (H,)  # the scalings are gate-major
+  scaling = (1.0 + n(2, gates, 0.3), 1.0 + n(3, gates, 0.3), n(4, gates, 0.2)) if scaled else None
   return dict(xh=n(0, wide), hh=n(1, wide), scaling=scaling, bias=n(5, (G,), 0.2),
               gain=1.0 + n(6, (G,), 0.3), shift=n(7, (G,), 0.2), c_gain=1.0 + n(8, (H,), 0.3),
               c_shift=n(9, (H,), 0.2), c_prev=n(10, tuple(rows_shape) + (H,)))
@@ -63,9 +64,24 @@ def test_update_values_and_gradients_equal_the_equations(scaled, keyed, rows_sha
     assert not np.allclose(_run(fused_ln.update, inp, None)[0], ca)
 
 
-def test_update_under_vmap_with_batched_parameters():
-  # The encoder's two directions: parameters stacked on a vmapped axis.
-  inp2 = [_inputs((4,), False, seed=s) for s in (0, 1)]
+def test_gate_major_scaling_scales_gate_q_unit_k_of_column_q_H_plus_k():
+  # The layout, pinned with NumPy: scaling (sx, sh, beta) [4, rows, H] acts on
+  # the [rows, 4H] gate columns exactly as these row-major arrays would.
+  inp = _inputs((3,), True)
+  to_columns = lambda s: np.transpose(np.asarray(s), (1, 0, 2)).reshape(3, G)
+  sx, sh, beta = (to_columns(s) for s in inp["scaling"])
+  pre = sx * np.asarray(inp["xh"]) + sh * np.asarray(inp["hh"]) + beta
+  unscaled = dict(inp, xh=jnp.asarray(pre), hh=jnp.zeros_like(inp["hh"]), scaling=None)
+  for fn in (fused_ln.update, cells.ln_lstm_update):
+    for a, b in zip(_run(fn, inp, None), _run(cells.ln_lstm_update, unscaled, None)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_update_under_vmap_with_batched_parameters(scaled):
+  # The encoder's two directions: parameters stacked on a vmapped axis (and, scaled,
+  # the HyperLSTM sampled one sketch per vmapped row).
+  inp2 = [_inputs((4,), scaled, seed=s) for s in (0, 1)]
   stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), *inp2)
   keys = jax.random.split(jax.random.key(3), 2)
 

@@ -21,6 +21,11 @@
 //
 // Parameters may carry leading batch axes (vmapped calls, e.g. the encoder's
 // two directions): rows are split evenly between the parameter groups.
+//
+// Layouts: xh, hh (and d_xh, d_hh) are [rows, 4H]; the HyperLSTM's sx, sh, beta
+// (and d_sx, d_sh, and d_beta = d_pre when scaled) are gate-major, [4, rows, H]
+// per parameter group: the layout in which the hyper network's per-gate products
+// ([rows, E] x [E, H] for each gate) come out of XLA without a transpose.
 
 #include <algorithm>
 #include <cmath>
@@ -104,18 +109,28 @@ struct Scratch {
       : pre(4 * H), acts(4 * H), dA(4 * H), c(H), nc(H), dnc(H), scale(H) {}
 };
 
+// Offset of row r, gate q in a gate-major [groups, 4, rows_per_group, H] array.
+inline int64_t gate_major(const Args& a, int64_t r, int q) {
+  const int64_t grp = r / a.rows_per_group, local = r - grp * a.rows_per_group;
+  return ((grp * 4 + q) * a.rows_per_group + local) * a.H;
+}
+
 // pre-activations of row r, then its four gate-block norms.
 inline void gate_inputs(const Args& a, int64_t r, float* __restrict pre, Norm* norms) {
-  const int64_t G = a.G, grp = r / a.rows_per_group;
+  const int64_t G = a.G, H = a.H, grp = r / a.rows_per_group;
   const float* xh = a.xh + r * G;
   const float* hh = a.hh + r * G;
   const float* bias = a.bias + grp * G;
   if (a.scaled) {
-    const float* sx = a.sx + r * G;
-    const float* sh = a.sh + r * G;
-    const float* beta = a.beta + r * G;
-    #pragma GCC ivdep
-    for (int64_t k = 0; k < G; ++k) pre[k] = sx[k] * xh[k] + sh[k] * hh[k] + beta[k] + bias[k];
+    for (int q = 0; q < 4; ++q) {
+      const int64_t o = gate_major(a, r, q), g0 = q * H;
+      const float* sx = a.sx + o;
+      const float* sh = a.sh + o;
+      const float* beta = a.beta + o;
+      #pragma GCC ivdep
+      for (int64_t k = 0; k < H; ++k)
+        pre[g0 + k] = sx[k] * xh[g0 + k] + sh[k] * hh[g0 + k] + beta[k] + bias[g0 + k];
+    }
   } else {
     #pragma GCC ivdep
     for (int64_t k = 0; k < G; ++k) pre[k] = xh[k] + hh[k] + bias[k];
@@ -285,7 +300,6 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xh, ffi::Buffer<
       }
       // Through each gate block's layer norm: dn = dA * gain, then
       // d_pre = rstd * (dn - mean(dn) - n * mean(dn * n)). dA is reused for dn.
-      float* dp = d_pre + r * G;
       for (int q = 0; q < 4; ++q) {
         const float* nq_ = n + q * H;
         float* dAq = dA + q * H;
@@ -304,7 +318,8 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xh, ffi::Buffer<
         const float* dn = dA + q * H;
         const float t1 = lane_sum(dn, H) / H, t2 = lane_dot(dn, nq_, H) / H;
         const float rs = nq[q].rstd;
-        float* out = dp + q * H;
+        // d_pre is d_beta when scaled (gate-major), else row-major [rows, 4H].
+        float* out = d_pre + (a.scaled ? gate_major(a, r, q) : r * G + q * H);
         float* ab = acc_bias + q * H;
         #pragma GCC ivdep
         for (int64_t k = 0; k < H; ++k) {
@@ -314,21 +329,25 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xh, ffi::Buffer<
         }
       }
       if (a.scaled) {
-        const float* xr = a.xh + r * G;
-        const float* hr = a.hh + r * G;
-        const float* sxr = a.sx + r * G;
-        const float* shr = a.sh + r * G;
-        float* dxh = d_xh_out->typed_data() + r * G;
-        float* dhh = d_hh_out->typed_data() + r * G;
-        float* dsx = d_sx_out->typed_data() + r * G;
-        float* dsh = d_sh_out->typed_data() + r * G;
-        #pragma GCC ivdep
-        for (int64_t k = 0; k < G; ++k) {
-          float g = dp[k];
-          dxh[k] = g * sxr[k];
-          dhh[k] = g * shr[k];
-          dsx[k] = g * xr[k];
-          dsh[k] = g * hr[k];
+        for (int q = 0; q < 4; ++q) {
+          const int64_t o = gate_major(a, r, q), g0 = r * G + q * H;
+          const float* dp = d_pre + o;
+          const float* xr = a.xh + g0;
+          const float* hr = a.hh + g0;
+          const float* sxr = a.sx + o;
+          const float* shr = a.sh + o;
+          float* dxh = d_xh_out->typed_data() + g0;
+          float* dhh = d_hh_out->typed_data() + g0;
+          float* dsx = d_sx_out->typed_data() + o;
+          float* dsh = d_sh_out->typed_data() + o;
+          #pragma GCC ivdep
+          for (int64_t k = 0; k < H; ++k) {
+            float g = dp[k];
+            dxh[k] = g * sxr[k];
+            dhh[k] = g * shr[k];
+            dsx[k] = g * xr[k];
+            dsh[k] = g * hr[k];
+          }
         }
       }
     }
@@ -355,9 +374,9 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xh, ffi::Buffer<
   .Ctx<ffi::ThreadPool>()                                                         \
       .Arg<ffi::Buffer<ffi::F32>>() /* xh */                                      \
       .Arg<ffi::Buffer<ffi::F32>>() /* hh */                                      \
-      .Arg<ffi::Buffer<ffi::F32>>() /* sx (scaled only) */                        \
-      .Arg<ffi::Buffer<ffi::F32>>() /* sh (scaled only) */                        \
-      .Arg<ffi::Buffer<ffi::F32>>() /* beta (scaled only) */                      \
+      .Arg<ffi::Buffer<ffi::F32>>() /* sx [4, rows, H] (scaled only) */           \
+      .Arg<ffi::Buffer<ffi::F32>>() /* sh [4, rows, H] (scaled only) */           \
+      .Arg<ffi::Buffer<ffi::F32>>() /* beta [4, rows, H] (scaled only) */         \
       .Arg<ffi::Buffer<ffi::F32>>() /* bias */                                    \
       .Arg<ffi::Buffer<ffi::F32>>() /* gain */                                    \
       .Arg<ffi::Buffer<ffi::F32>>() /* shift */                                   \
@@ -384,7 +403,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SketchVaeLnLstmBackward, Backward,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dc
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dh
                                   SKETCH_VAE_LN_ATTRS
-                                  .Ret<ffi::Buffer<ffi::F32>>()    // d_pre
+                                  .Ret<ffi::Buffer<ffi::F32>>()    // d_pre ([4, rows, H] when scaled)
                                   .Ret<ffi::Buffer<ffi::F32>>()    // d_xh (scaled only)
                                   .Ret<ffi::Buffer<ffi::F32>>()    // d_hh (scaled only)
                                   .Ret<ffi::Buffer<ffi::F32>>()    // d_sx (scaled only)
