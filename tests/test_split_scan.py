@@ -45,9 +45,10 @@ def test_split_scan_equals_plain_scan(name, keyed):
 
 
 @pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
-# The last two take the float32 engine's panel-outer order (a C slice over 512 KB; K >= 4096).
-@pytest.mark.parametrize("shape", [(5, 8, 40), (100, 70, 300), (3, 33, 17), (100, 40, 6000),
-                                   (3, 4100, 17)])
+# K = 300 runs as one K slice, K = 517 as two; the last two take the float32 engine's
+# panel-outer order (a C slice over 512 KB; K >= 4096).
+@pytest.mark.parametrize("shape", [(5, 8, 40), (100, 70, 300), (3, 33, 17), (20, 300, 50),
+                                   (12, 517, 40), (100, 40, 6000), (3, 4100, 17)])
 def test_packed_product_equals_dot(dtype, shape):
   from sketch_vae import packed
   assert packed.usable(dtype)

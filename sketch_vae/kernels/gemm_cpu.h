@@ -271,14 +271,17 @@ class PackedGemm {
     }
   }
 
-  // K in even slices of at most 256 so that a slice of a B panel (256 x 32) stays in L1.
+  // K in even slices of at most 256 so that a slice of a B panel (256 x 32) stays in L1;
+  // a K up to 320 (a B panel slice of 40 KB, still inside the 48 KB L1) runs as one slice,
+  // so C is written once: the encoder LSTM's K = 256 + 5 (two slices of ~130 before:
+  // forward 77 -> 70-75 ms per call, 2026-11-25).
   // With panel order allowed (packed_matmul_cpu.cc; the LSTM kernels keep the
   // order they were measured with), when C is too large to stay in L2 between K
   // slices (the HyperLSTM 2048's [100 x 4608] per core: 1.8 MB) or K is deep, each
   // 32-column panel runs all its K slices before the next, so a C block is
   // written once instead of re-read per slice.
   void run_f32(const float* a, const float* b, float* c, bool add, int64_t rows, int64_t K) const {
-    const int64_t slices = (K + 255) / 256, step = (K + slices - 1) / slices;
+    const int64_t slices = K <= 320 ? 1 : (K + 255) / 256, step = (K + slices - 1) / slices;
     auto panel_of = [&](int64_t n0, int64_t k0, int64_t w) { return b + n0 * K_ + k0 * w; };
     if (panel_order_ && (rows * Npad_ * 4 > (512 << 10) || K_ >= 4096)) {
       for (int64_t n0 = 0; n0 < Npad_; n0 += 32) {
