@@ -5,6 +5,7 @@ launchers end to end on a tiny trained model.
 Decoders with known mixtures are made by zeroing the output weights: every step then emits the
 output bias, a mixture chosen in the test, whatever the LSTM does.
 """
+import dataclasses
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -56,8 +57,13 @@ def z_rows(n, spec, seed=0):
 # The sampler.
 
 
-def test_batched_row_i_equals_unbatched_sampler_with_fold_in_key(tiny):
+@pytest.mark.parametrize("cell", ["lstm", "layer_norm", "hyper"])
+def test_batched_row_i_equals_unbatched_sampler_with_fold_in_key(tiny, cell):
+  # Under vmap the layer-norm and HyperLSTM cell kernels see one parameter group per sketch.
   spec, params = tiny
+  if cell != "lstm":
+    spec = dataclasses.replace(spec, dec_model=cell, hyper_num_units=8, hyper_embedding_size=4)
+    params = model.init(spec, jax.random.key(0))
   key, temps = jax.random.key(3), np.array([0.2, 0.7, 1.0, 1.5], np.float32)
   z = z_rows(4, spec)
   prefix = np.zeros((4, L, 5), np.float32)  # the completion test's shapes: one compile for both
