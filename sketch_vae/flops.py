@@ -40,10 +40,12 @@ def jaxpr_matmul_flops(jaxpr) -> int:
     if eqn.primitive.name == "dot_general":
       total += _dot_flops(eqn)
     subs = [jaxpr_matmul_flops(sub) for sub in _subjaxprs(eqn)]
-    if eqn.primitive.name == "cond":
+    if eqn.primitive.name == "cond":  # one branch runs
       total += max(subs, default=0)
+    elif eqn.primitive.name == "scan":  # the body runs `length` times
+      total += eqn.params["length"] * sum(subs)
     else:
-      total += eqn.params.get("length", 1) * sum(subs) if eqn.primitive.name == "scan" else sum(subs)
+      total += sum(subs)
   return total
 
 
