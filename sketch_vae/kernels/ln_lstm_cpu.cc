@@ -186,15 +186,18 @@ Args make_args(int64_t H, ffi::Buffer<ffi::F32>& xh, ffi::Buffer<ffi::F32>& hh,
               c_gain.typed_data(), c_shift.typed_data(), c_prev.typed_data(), keys.typed_data()};
 }
 
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xh, ffi::Buffer<ffi::F32> hh,
-                   ffi::Buffer<ffi::F32> sx, ffi::Buffer<ffi::F32> sh,
-                   ffi::Buffer<ffi::F32> beta, ffi::Buffer<ffi::F32> bias,
-                   ffi::Buffer<ffi::F32> gain, ffi::Buffer<ffi::F32> shift,
-                   ffi::Buffer<ffi::F32> c_gain, ffi::Buffer<ffi::F32> c_shift,
-                   ffi::Buffer<ffi::F32> c_prev, ffi::Buffer<ffi::U32> keys, float keep,
-                   float forget_bias, int64_t threshold, bool use_dropout, bool flat_index,
-                   bool scaled, ffi::ResultBuffer<ffi::F32> c_out,
-                   ffi::ResultBuffer<ffi::F32> h_out) {
+// The inputs both handlers take, in the order SKETCH_VAE_LN_ARGS binds them.
+#define SKETCH_VAE_LN_PARAMS                                                          \
+  ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xh, ffi::Buffer<ffi::F32> hh,           \
+      ffi::Buffer<ffi::F32> sx, ffi::Buffer<ffi::F32> sh, ffi::Buffer<ffi::F32> beta, \
+      ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> gain,                         \
+      ffi::Buffer<ffi::F32> shift, ffi::Buffer<ffi::F32> c_gain,                      \
+      ffi::Buffer<ffi::F32> c_shift, ffi::Buffer<ffi::F32> c_prev,                    \
+      ffi::Buffer<ffi::U32> keys
+
+ffi::Error Forward(SKETCH_VAE_LN_PARAMS, float keep, float forget_bias, int64_t threshold,
+                   bool use_dropout, bool flat_index, bool scaled,
+                   ffi::ResultBuffer<ffi::F32> c_out, ffi::ResultBuffer<ffi::F32> h_out) {
   auto dims = c_prev.dimensions();
   const int64_t H = dims[dims.size() - 1];
   const int64_t R = rows_of(c_prev, H);
@@ -222,13 +225,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xh, ffi::Buffer<f
   return ffi::Error::Success();
 }
 
-ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xh, ffi::Buffer<ffi::F32> hh,
-                    ffi::Buffer<ffi::F32> sx, ffi::Buffer<ffi::F32> sh,
-                    ffi::Buffer<ffi::F32> beta, ffi::Buffer<ffi::F32> bias,
-                    ffi::Buffer<ffi::F32> gain, ffi::Buffer<ffi::F32> shift,
-                    ffi::Buffer<ffi::F32> c_gain, ffi::Buffer<ffi::F32> c_shift,
-                    ffi::Buffer<ffi::F32> c_prev, ffi::Buffer<ffi::U32> keys,
-                    ffi::Buffer<ffi::F32> dc_in, ffi::Buffer<ffi::F32> dh_in, float keep,
+ffi::Error Backward(SKETCH_VAE_LN_PARAMS, ffi::Buffer<ffi::F32> dc_in,
+                    ffi::Buffer<ffi::F32> dh_in, float keep,
                     float forget_bias, int64_t threshold, bool use_dropout, bool flat_index,
                     bool scaled, ffi::ResultBuffer<ffi::F32> d_pre_out,
                     ffi::ResultBuffer<ffi::F32> d_xh_out, ffi::ResultBuffer<ffi::F32> d_hh_out,
