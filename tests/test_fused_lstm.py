@@ -185,3 +185,28 @@ def test_bfloat16_products_use_amx_where_the_cpu_has_it():
   with open("/proc/cpuinfo") as f:
     has_amx = " amx_bf16 " in f.read().replace("\n", " ")
   assert fused_lstm.kernel_status()["amx_bf16"] == has_amx
+
+
+def test_sequence_kernel_workers_flush_denormals_as_xla_does():
+  """Denormal arithmetic is several times slower on x86 (numpy's x * 0.5 + x: 5.8x on this
+  machine, BUILD_NOTES). XLA:CPU runs with flush-to-zero / denormals-are-zero; the sequence
+  kernel's worker threads must run in the same mode, not in the default one of a fresh
+  process. A cell state of 3e-39 (denormal) carried by a closed input gate and an open forget
+  gate stays 3e-39 in IEEE arithmetic (NumPy here) and becomes 0 when flushed."""
+  assert fused_lstm.cpu_kernels_available()
+  tiny = np.float32(3e-39)
+  assert tiny * np.float32(1.0) + np.float32(0.0) == tiny  # NumPy: IEEE, no flush
+  xla_flushes = float(jax.jit(lambda a: a * 0.5)(jnp.float32(2e-38))) == 0.0
+  T, R, I, H = 2, 100, 5, 512  # R x 4H products large enough to split over two workers
+  G = 4 * H
+  static = np.zeros((G,), np.float32)
+  static[:H], static[2 * H:] = -100.0, 100.0  # i closed; f and o open
+  z = lambda *s: jnp.zeros(s, jnp.float32)
+  for dtype in (None, jnp.bfloat16):
+    fwd = jax.jit(lambda *a: fused_lstm._seq_fwd_ffi(
+        *a, dropout=(1.0, False, False), forget_bias=0.0, matmul_dtype=dtype))
+    _, cs, _, _, _ = fwd(z(T, R, I), z(I, G), jnp.asarray(static), z(H, G),
+                         jnp.full((R, H), tiny), z(R, H), jnp.ones((T, R), bool),
+                         jnp.zeros((T, R, 2), jnp.uint32))
+    expected = 0.0 if xla_flushes else tiny
+    assert np.all(np.asarray(cs) == expected), (dtype, np.unique(np.asarray(cs)))
