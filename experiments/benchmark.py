@@ -3,7 +3,9 @@ r"""Speed: `python -m experiments.benchmark --config=A|B|C --what=train|sample [
 Prints, after warm-up and over several repeats, median and min seconds per
 training step, sketches per second, the step's matrix-product FLOPs, the
 achieved GFLOP/s, this run's measured float32 matmul peak and the ratio; for
-sampling, sketches per second for a vmapped batch and for one sketch.
+sampling, sketches per second for a batch, for one sketch and for a host loop shaped
+like the original's sampler, on the config's untrained model forced to full length and
+on a bundled pretrained decoder whose sketches end at their own lengths.
 """
 import json
 import os
@@ -30,7 +32,10 @@ flags.DEFINE_boolean("remat", False, "Rematerialise the scans in the backward pa
 flags.DEFINE_boolean("recurrent_dropout", True, "Recurrent dropout on (the original's default).")
 flags.DEFINE_integer("repeats", 5, "Timed repeats.")
 flags.DEFINE_integer("warmup", 2, "Untimed runs after compilation.")
-flags.DEFINE_integer("num", 1000, "Sampling: sketches in the vmapped batch.")
+flags.DEFINE_integer("num", 1000, "Sampling: sketches in the batch.")
+flags.DEFINE_string("trained_model", "cat", "Sampling: also time this bundled pretrained decoder "
+                    "(its sketches end at their own lengths); '' to skip.")
+flags.DEFINE_float("temperature", 0.5, "Sampling temperature.")
 flags.DEFINE_integer("num_devices", 1, "Devices for the training step.")
 
 
@@ -48,7 +53,9 @@ def main(argv):
     result = benchmark.bench_train(config, warmup=FLAGS.warmup, repeats=FLAGS.repeats,
                                    num_devices=FLAGS.num_devices)
   else:
-    result = benchmark.bench_sample(config, num=FLAGS.num, repeats=max(1, FLAGS.repeats // 2))
+    result = benchmark.bench_sample(config, num=FLAGS.num, repeats=max(1, FLAGS.repeats // 2),
+                                    trained_model=FLAGS.trained_model,
+                                    temperature=FLAGS.temperature)
   result.update(config=FLAGS.config, matmul_dtype=FLAGS.matmul_dtype, batch_size=FLAGS.batch_size,
                 max_seq_len=FLAGS.max_seq_len, remat=FLAGS.remat,
                 device=str(jax.devices()[0].device_kind), platform=jax.default_backend(),

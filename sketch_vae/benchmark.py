@@ -9,6 +9,7 @@ all with batch 100 and sequences padded to 250 with lengths drawn from 30..250.
 """
 from __future__ import annotations
 
+import dataclasses
 import resource
 import statistics
 import time
@@ -118,34 +119,58 @@ def bench_train(config: config_lib.Config, *, warmup=2, repeats=5, num_devices=1
   return out
 
 
-def bench_sample(config: config_lib.Config, *, num=1000, warmup=1, repeats=3) -> dict:
-  """Sketches per second: a vmapped batch of `num` sketches, and one sketch at a time."""
+def bench_sample(config: config_lib.Config, *, num=1000, warmup=1, repeats=3,
+                 trained_model: str = "cat", temperature: float = 0.5) -> dict:
+  """Sketches per second: a batch of `num` sketches, one sketch, and the original's loop.
+
+  Two models. The config's untrained model, with the end of sketch made impossible, so
+  every sketch costs max_seq_len steps (the worst case, and the work the original does).
+  And `trained_model` (a bundled pretrained decoder, "" for none), whose sketches end
+  where they end, as users' do: the batch sampler stops rows at their end and shrinks
+  the batch, while the original's sampler still runs max_seq_len steps per sketch.
+  """
   spec, L = config.model, config.train.max_seq_len
   params = train.create_state(config, jax.random.key(0)).params
-  z = sample.prior_z(spec, jax.random.key(1), num)
-  temps = jnp.full((num,), 0.5, jnp.float32)
   # Untrained models end early at random; force full length so every sketch costs L steps.
-  params = _never_end(params)
-  batch = lambda: sample.sample_batch(spec, params, jax.random.key(2), temps, z=z, max_len=L).strokes
-  t_batch = _time(batch, warmup, repeats)
+  result = {"what": "sample", "steps_per_sketch": L, "batch": num, "temperature": temperature,
+            **_sample_rates(spec, _never_end(params), num, L, temperature, warmup, repeats)}
+  if trained_model:
+    from sketch_vae import browser, pretrained
+    m = browser.read(pretrained.resolve_model(trained_model))
+    trained_spec = dataclasses.replace(m.spec, matmul_dtype=spec.matmul_dtype)
+    rates = _sample_rates(trained_spec, m.params, num, L, temperature, warmup, repeats)
+    result.update({f"trained_{k}": v for k, v in rates.items()}, trained_model=trained_model)
+  result.update(fp32_matmul_peak_gflops=matmul_peak(dtype=jnp.float32),
+                peak_host_memory_mb=peak_host_memory_mb())
+  return result
+
+
+def _sample_rates(spec, params, num: int, L: int, temperature: float, warmup: int,
+                  repeats: int) -> dict:
+  z = sample.prior_z(spec, jax.random.key(1), num)
+  temps = jnp.full((num,), temperature, jnp.float32)
+  batch = lambda: sample.sample_batch(spec, params, jax.random.key(2), temps, z=z, max_len=L)
+  t_batch = _time(lambda: batch().strokes, warmup, repeats)
   one = lambda: sample.sample_batch(spec, params, jax.random.key(3), temps[:1],
                                     z=None if z is None else z[:1], max_len=L).strokes
   t_one = _time(one, warmup, max(repeats, 5))
-  loop = _host_loop_sampler(spec, params, L)
+  loop = _host_loop_sampler(spec, params, L, temperature)
   t_loop = _time(lambda: loop(z), 1, 2)
-  return {"what": "sample", "steps_per_sketch": L, "batch": num,
-          "batch_median_s": statistics.median(t_batch),
+  return {"batch_median_s": statistics.median(t_batch),
           "batch_sketches_per_sec": num / statistics.median(t_batch),
+          "batch_mean_length": float(np.mean(np.asarray(batch().length))),
           "one_median_s": statistics.median(t_one), "one_sketches_per_sec": 1 / statistics.median(t_one),
           "host_loop_median_s": statistics.median(t_loop),
           "host_loop_sketches_per_sec": 1 / statistics.median(t_loop),
-          "peak_host_memory_mb": peak_host_memory_mb()}
+          "batch_vs_host_loop": statistics.median(t_loop) * num / statistics.median(t_batch)}
 
 
-def _host_loop_sampler(spec, params, max_len: int):
+def _host_loop_sampler(spec, params, max_len: int, temperature: float):
   """The original's sampler structure (model.py `sample`): one decoder step per host
-  call, the mixture sampled in NumPy, one sketch at a time. A stand-in for the
-  original TensorFlow sampler, which we cannot run here (TF1 with tf.contrib)."""
+  call, the mixture sampled in NumPy at the temperature, one sketch at a time, max_len
+  steps whether or not the sketch has ended (the original has no early exit). A
+  stand-in for the original TensorFlow sampler, which we cannot run here (TF1 with
+  tf.contrib)."""
   cell, dec = spec.dec_cell, params["decoder"]
 
   @jax.jit
@@ -164,16 +189,24 @@ def _host_loop_sampler(spec, params, max_len: int):
     out = np.zeros((max_len, 5), np.float32)
     for t in range(max_len):
       carry, pi, mx, my, sx, sy, rho, pen = jax.device_get(step(carry, prev, z))
-      j = rng.choice(len(pi), p=pi / pi.sum())
-      cov = [[sx[j] ** 2, rho[j] * sx[j] * sy[j]], [rho[j] * sx[j] * sy[j], sy[j] ** 2]]
+      j = rng.choice(len(pi), p=_tempered(pi, temperature))
+      sx_j, sy_j = sx[j] * temperature, sy[j] * temperature  # the original's sigma scaling
+      cov = [[sx_j ** 2, rho[j] * sx_j * sy_j], [rho[j] * sx_j * sy_j, sy_j ** 2]]
       dx, dy = rng.multivariate_normal([mx[j], my[j]], cov)
       prev = np.zeros(5, np.float32)
       prev[:2] = dx, dy
-      prev[2 + rng.choice(3, p=pen / pen.sum())] = 1.0
+      prev[2 + rng.choice(3, p=_tempered(pen, temperature))] = 1.0
       out[t] = prev
     return out
 
   return run
+
+
+def _tempered(p, temperature: float):
+  """The original's adjust_temp: p ** (1 / T), normalised, computed in log space."""
+  logp = np.log(np.maximum(p.astype(np.float64), 1e-300)) / temperature
+  q = np.exp(logp - logp.max())
+  return q / q.sum()
 
 
 def _never_end(params):

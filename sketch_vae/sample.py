@@ -1,4 +1,4 @@
-"""Sampling: one unbatched `lax.scan` sampler, and `jit(vmap(...))` for batches and sweeps.
+"""Sampling: one unbatched `lax.scan` sampler, and a jitted batch sampler for batches and sweeps.
 
 The sampler starts from S0 = (0, 0, 1, 0, 0), feeds each sampled point back,
 and stops at p3 (or after `max_len` steps): after the end it emits end rows
@@ -31,17 +31,40 @@ class Sampled(NamedTuple):
   length: jax.Array  # [...] rows before the first p3 (the sketch's stroke-3 length)
 
 
+def _static_input(spec: ModelSpec, params, z):
+  """(W_x rows for the stroke, the per-sketch constant part of the input projection)."""
+  w_x, b = spec.dec_cell.input_kernel(params["decoder"]["rnn"])
+  if not spec.conditional:
+    return w_x[:5], b
+  if z is None:
+    raise ValueError("a conditional model needs z (use sample_prior for the N(0, I) prior)")
+  return w_x[:5], z @ w_x[5:] + b
+
+
+def _step(spec: ModelSpec, dec, w_x5, greedy, convention, carry, prev, ended, t, key, temperature,
+          xp_static, forced_t, prefix_len):
+  """One sketch's decoder step: (carry, emitted row, ended). `prev` is the last row fed back."""
+  carry, h = spec.dec_cell.step_projected(dec["rnn"], carry, prev @ w_x5 + xp_static)
+  mix = mdn.split(h @ dec["out_w"] + dec["out_b"])
+  point = mdn.sample_point(mix, jax.random.fold_in(key, t), temperature, greedy=greedy,
+                           convention=convention)
+  point = jnp.where(t < prefix_len, forced_t, point)
+  ended = ended | (point[4] > 0.5)
+  return carry, jnp.where(ended, END, point), ended
+
+
+def _length(rows_Lx5, max_len: int):
+  is_end = rows_Lx5[..., 4] > 0.5
+  return jnp.where(jnp.any(is_end, axis=-1), jnp.argmax(is_end, axis=-1), max_len)
+
+
 def sample_one(spec: ModelSpec, params, key, temperature, z=None, prefix=None, prefix_len=0, *,
                max_len: int, greedy: bool = False, convention: str = mdn.SIGMA_PAPER) -> Sampled:
-  """One sketch. z: [Z] (conditional models); prefix: [P, 5] stroke-5 rows, P <= max_len."""
+  """One sketch, as a scan over all max_len steps (vmap it for batches: every row then runs
+  max_len steps; `sample_batch` stops rows at their end instead). z: [Z] (conditional models);
+  prefix: [P, 5] stroke-5 rows, P <= max_len."""
   dec = params["decoder"]
-  cell = spec.dec_cell
-  w_x, b = cell.input_kernel(dec["rnn"])
-  xp_static = b
-  if spec.conditional:
-    if z is None:
-      raise ValueError("a conditional model needs z (use sample_prior for the N(0, I) prior)")
-    xp_static = z @ w_x[5:] + b
+  w_x5, xp_static = _static_input(spec, params, z)
   carry = model.initial_carry(spec, params, z, ())
   if prefix is None:
     prefix = jnp.zeros((1, 5), jnp.float32)
@@ -49,37 +72,84 @@ def sample_one(spec: ModelSpec, params, key, temperature, z=None, prefix=None, p
 
   def step(state, t):
     carry, prev, ended = state
-    carry, h = cell.step_projected(dec["rnn"], carry, prev @ w_x[:5] + xp_static)
-    mix = mdn.split(h @ dec["out_w"] + dec["out_b"])
-    point = mdn.sample_point(mix, jax.random.fold_in(key, t), temperature, greedy=greedy,
-                             convention=convention)
-    point = jnp.where(t < prefix_len, forced[t], point)
-    ended = ended | (point[4] > 0.5)
-    row = jnp.where(ended, END, point)
+    carry, row, ended = _step(spec, dec, w_x5, greedy, convention, carry, prev, ended, t, key,
+                              temperature, xp_static, forced[t], prefix_len)
     return (carry, row, ended), row
 
   (_, _, _), rows = jax.lax.scan(step, (carry, START, jnp.array(False)), jnp.arange(max_len))
-  is_end = rows[:, 4] > 0.5
-  length = jnp.where(jnp.any(is_end), jnp.argmax(is_end), max_len)
-  return Sampled(strokes=rows, length=length)
+  return Sampled(strokes=rows, length=_length(rows, max_len))
+
+
+MIN_TIER_ROWS = 32  # the batched sampler does not shrink a batch below this many rows
+TIER_SHRINK = 3  # each smaller batch holds about a third of the rows of the one before
+
+
+def row_tiers(K: int) -> tuple[int, ...]:
+  """The batch sizes `batch_sampler` runs K sketches at: K, then about a third each time
+  (rounded up to a multiple of 8) while that is at least MIN_TIER_ROWS. Each size is one
+  more copy of the step in the compiled program (about 0.7 s of compile time each for a
+  512-unit LSTM), hence few sizes; with sketch lengths of a trained model the work left
+  is within a few percent of halving every time (measured in BUILD_NOTES)."""
+  tiers = [K]
+  while True:
+    smaller = -(-tiers[-1] // (TIER_SHRINK * 8)) * 8
+    if smaller < MIN_TIER_ROWS or smaller >= tiers[-1]:
+      return tuple(tiers)
+    tiers.append(smaller)
 
 
 @functools.lru_cache(maxsize=32)
 def batch_sampler(spec: ModelSpec, max_len: int, greedy: bool = False,
                   convention: str = mdn.SIGMA_PAPER):
-  """jit(vmap(sample_one)) over keys, temperatures, z's and prefixes.
+  """K sketches that each stop at their end, with the batch shrunk as they finish.
 
   Call as f(params, keys[K], temperatures[K], z[K, Z] or None, prefix[K, P, 5] or None,
-  prefix_len[K]). Cached per (spec, max_len, greedy, convention), so a
-  temperature sweep or a new batch of the same size does not recompile.
+  prefix_len[K]). Row i is `sample_one` with keys[i] (the same random stream, so the same
+  sketch up to float rounding of the different batch shapes), but rows stop at their end:
+  the steps run in a while loop that leaves as soon as every row has ended, and whenever
+  the unfinished rows fit in the next size of `row_tiers(K)` they are gathered into that
+  smaller batch. A trained model's sketches end at different lengths, so this skips most
+  of the work that a vmapped scan spends on rows that already emit end rows. Cached per
+  (spec, max_len, greedy, convention): a temperature sweep or a new batch of the same
+  size does not recompile.
   """
-  one = functools.partial(sample_one, spec, max_len=max_len, greedy=greedy, convention=convention)
-
   def run(params, keys, temperatures, z, prefix, prefix_len):
-    z_axis = None if z is None else 0
-    p_axis = None if prefix is None else 0
-    return jax.vmap(one, in_axes=(None, 0, 0, z_axis, p_axis, 0))(
-        params, keys, temperatures, z, prefix, prefix_len)
+    K = temperatures.shape[0]
+    dec = params["decoder"]
+    w_x5, xp_static = _static_input(spec, params, z)
+    xp_static = jnp.broadcast_to(xp_static, (K, xp_static.shape[-1]))
+    carry = model.initial_carry(spec, params, z, (K,))
+    if prefix is None:
+      prefix = jnp.zeros((K, 1, 5), jnp.float32)
+    P = prefix.shape[1]
+    step = jax.vmap(functools.partial(_step, spec, dec, w_x5, greedy, convention),
+                    in_axes=(0, 0, 0, None, 0, 0, 0, 0, 0))
+    rows = dict(carry=carry, prev=jnp.broadcast_to(START, (K, 5)), ended=jnp.zeros((K,), bool),
+                idx=jnp.arange(K), key=keys, temperature=temperatures, xp_static=xp_static,
+                prefix_len=prefix_len)
+    out = jnp.broadcast_to(END, (K, max_len, 5))
+    tiers = row_tiers(K)
+    t = jnp.int32(0)
+    for i, _ in enumerate(tiers):
+      next_rows = tiers[i + 1] if i + 1 < len(tiers) else 0
+
+      def unfinished(state, next_rows=next_rows):
+        t, rows, _ = state
+        return (t < max_len) & (jnp.sum(~rows["ended"]) > next_rows)
+
+      def body(state):
+        t, r, out = state
+        forced_t = jnp.where(t < P, prefix[r["idx"], jnp.minimum(t, P - 1)], 0.0)
+        carry, row, ended = step(r["carry"], r["prev"], r["ended"], t, r["key"], r["temperature"],
+                                 r["xp_static"], forced_t, r["prefix_len"])
+        out = out.at[r["idx"], t].set(row)
+        return t + 1, dict(r, carry=carry, prev=row, ended=ended), out
+
+      t, rows, out = jax.lax.while_loop(unfinished, body, (t, rows, out))
+      if next_rows:  # unfinished rows first (argsort is stable), then enough ended ones
+        keep = jnp.argsort(rows["ended"], stable=True)[:next_rows]
+        rows = jax.tree.map(lambda a: a[keep], rows)
+    return Sampled(strokes=out, length=_length(out, max_len))
 
   return jax.jit(run)
 

@@ -81,6 +81,38 @@ def test_batched_row_i_equals_unbatched_sampler_with_fold_in_key(tiny, cell):
   assert len({np.asarray(out.strokes[i]).tobytes() for i in range(4)}) == 4  # rows differ
 
 
+@pytest.mark.parametrize("cell", ["lstm", "hyper"])
+def test_batch_that_shrinks_as_sketches_end_matches_the_unbatched_sampler(tiny, cell):
+  # 96 rows run at batch 96 until at most 32 are unfinished, then those are gathered into a
+  # batch of 32 (sample.row_tiers): carries, keys, temperatures and prefixes must follow them.
+  spec, params = tiny
+  if cell != "lstm":
+    spec = dataclasses.replace(spec, dec_model=cell, hyper_num_units=8, hyper_embedding_size=4)
+    params = model.init(spec, jax.random.key(0))
+  assert sample.row_tiers(96) == (96, 32)
+  out_b = params["decoder"]["out_b"].at[2].add(0.5)  # ends spread over the 24 steps
+  params = dict(params, decoder=dict(params["decoder"], out_b=out_b))
+  K, N = 96, 24
+  rng = np.random.default_rng(2)
+  key, temps, z = jax.random.key(5), rng.uniform(0.2, 1.5, K).astype(np.float32), z_rows(K, spec)
+  prefix = np.zeros((K, 6, 5), np.float32)
+  prefix[:, :, 0:2] = rng.normal(size=(K, 6, 2))
+  prefix[:, :, 2] = 1.0
+  prefix_len = rng.integers(0, 7, K).astype(np.int32)
+  out = sample.sample_batch(spec, params, key, temps, z=z, prefix=prefix, prefix_len=prefix_len,
+                            max_len=N)
+  lengths = np.asarray(out.length)
+  shrink_at = int(np.argmax([(lengths > t).sum() <= 32 for t in range(N)]))
+  assert 0 < shrink_at and lengths.max() > shrink_at + 3  # rows went on after the gather
+  one = jax.jit(jax.vmap(lambda k, t, z, p, n: sample.sample_one(spec, params, k, t, z, p, n,
+                                                                 max_len=N)))
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(K))
+  want = one(keys, temps, z, prefix, prefix_len)
+  np.testing.assert_allclose(out.strokes, want.strokes, atol=1e-5)
+  np.testing.assert_array_equal(out.strokes[..., 2:], want.strokes[..., 2:])
+  np.testing.assert_array_equal(lengths, want.length)
+
+
 PI, MU_X, MU_Y = [0.3, 2.0, -1.0], [1.0, -2.0, 3.0], [0.5, 4.0, -1.0]  # component 1 on top
 
 

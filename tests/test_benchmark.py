@@ -1,0 +1,66 @@
+"""The benchmark launcher end to end at small sizes (its report is consistent with itself and
+with the FLOP counter), and the original-shaped host-loop sampler's temperature.
+
+No timing is asserted: speed is shown by the printed figures (BUILD_NOTES), not by tests.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from sketch_vae import benchmark, flops
+from conftest import REPO
+
+
+def run_benchmark(*args) -> dict:
+  cmd = [sys.executable, "-m", "experiments.benchmark", "--json", "--reuse_memory=off", *args]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_train_report_is_consistent_and_counts_the_steps_flops():
+  r = run_benchmark("--config=A", "--what=train", "--batch_size=4", "--max_seq_len=20",
+                    "--repeats=3", "--warmup=1")
+  config = benchmark.make_config("A", batch_size=4, max_seq_len=20)
+  from sketch_vae import train
+  state = train.create_state(config, jax.random.key(0))
+  batch = benchmark.synthetic_batch(4, 20)
+  want = flops.matmul_flops(lambda s, b: train.train_step(config, s, b, jax.random.key(1)),
+                            state, batch) / 1e9
+  assert r["matmul_gflop"] == pytest.approx(want, rel=1e-9)
+  assert len(r["times_s"]) == 3 and r["min_s"] == min(r["times_s"])
+  assert r["median_s"] == pytest.approx(float(np.median(r["times_s"])))
+  assert r["sketches_per_sec"] == pytest.approx(4 / r["median_s"])
+  assert r["achieved_gflops"] == pytest.approx(r["matmul_gflop"] / r["median_s"])
+  assert r["ratio_to_fp32_peak"] == pytest.approx(r["achieved_gflops"] / r["fp32_matmul_peak_gflops"])
+  assert r["fp32_matmul_peak_gflops"] > 1.0 and r["peak_host_memory_mb"] > 100
+  assert (r["config"], r["batch_size"], r["max_seq_len"], r["platform"]) == ("A", 4, 20, "cpu")
+
+
+def test_sample_report_forces_full_length_and_lets_the_trained_model_end():
+  r = run_benchmark("--config=A", "--what=sample", "--num=24", "--max_seq_len=250",
+                    "--repeats=2", "--temperature=0.5")
+  assert r["batch_mean_length"] == 250.0  # the untrained model cannot end: the worst case
+  # The bundled cat ends its sketches after about 120 steps at this temperature.
+  assert 60 < r["trained_batch_mean_length"] < 200
+  for p in ("", "trained_"):
+    assert r[p + "batch_sketches_per_sec"] == pytest.approx(24 / r[p + "batch_median_s"])
+    assert r[p + "host_loop_sketches_per_sec"] == pytest.approx(1 / r[p + "host_loop_median_s"])
+    assert r[p + "batch_vs_host_loop"] == pytest.approx(
+        r[p + "batch_sketches_per_sec"] / r[p + "host_loop_sketches_per_sec"])
+  assert r["trained_model"] == "cat" and r["temperature"] == 0.5
+  assert r["fp32_matmul_peak_gflops"] > 1.0
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5, 1.0, 2.0])
+def test_host_loop_tempering_is_the_originals_adjust_temp(temperature):
+  p = np.array([0.5, 0.3, 0.15, 0.05, 1e-30])
+  want = p ** (1 / temperature) / np.sum(p ** (1 / temperature))  # float64, no underflow here
+  np.testing.assert_allclose(benchmark._tempered(p, temperature), want, rtol=1e-10, atol=1e-300)
+  assert benchmark._tempered(np.array([1.0, 0.0]), 0.5)[1] == 0.0  # log(0) guarded, no NaN
