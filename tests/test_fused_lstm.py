@@ -130,10 +130,11 @@ def _sequence_case(R=23, T=9, I=5, Hs=40, S=3, random_mask=False):
   return params, xs, mask, carry, static
 
 
-def _sequence_grads(kernels, dtype, threads, per_row_static, monkeypatch, random_mask=False):
+def _sequence_grads(kernels, dtype, threads, per_row_static, monkeypatch, random_mask=False,
+                    Hs=40):
   monkeypatch.setattr(fused_lstm, "SEQ_THREADS", threads)
-  params, xs, mask, carry, static = _sequence_case(random_mask=random_mask)
-  cell = cells.lstm(40, dropout_keep=0.7, fused=True, cpu_kernels=kernels, matmul_dtype=dtype)
+  params, xs, mask, carry, static = _sequence_case(random_mask=random_mask, Hs=Hs)
+  cell = cells.lstm(Hs, dropout_keep=0.7, fused=True, cpu_kernels=kernels, matmul_dtype=dtype)
   key = jax.random.key(4)
 
   def loss(p, xs, static):
@@ -150,9 +151,13 @@ def _sequence_grads(kernels, dtype, threads, per_row_static, monkeypatch, random
 
 @pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("per_row_static,random_mask", [(True, False), (False, False), (True, True)])
-def test_sequence_kernel_equals_scan_path(dtype, threads, per_row_static, random_mask, monkeypatch):
-  args = (dtype, threads, per_row_static, monkeypatch, random_mask)
+@pytest.mark.parametrize("per_row_static,random_mask,Hs", [(True, False, 40), (False, False, 40),
+                                                           (True, True, 40), (True, False, 64)])
+def test_sequence_kernel_equals_scan_path(dtype, threads, per_row_static, random_mask, Hs,
+                                          monkeypatch):
+  # Hs 64: each worker's units are whole 16-float vectors at 64-byte offsets, so held
+  # (ended) rows take the streaming-store path; Hs 40 mixes it with the scalar one.
+  args = (dtype, threads, per_row_static, monkeypatch, random_mask, Hs)
   ((va, ha), ga), hlo_a = _sequence_grads(True, *args)
   ((vb, hb), gb), hlo_b = _sequence_grads(False, *args)
   assert "sketch_vae_lstm_seq_fwd" in hlo_a and "sketch_vae_lstm_seq_bwd" in hlo_a

@@ -67,6 +67,21 @@ class SpinBarrier {
   std::atomic<int> count_{0}, gen_{0};
 };
 
+// dst[k] = src[k] (or 0 when src is null) for k < n, with streaming stores where dst
+// is 64-byte aligned: an ended row's held state is written once per step and not
+// read again in this call, so it need not pass through the cache. Callers fence
+// (_mm_sfence) before other threads may read what was written.
+inline void stream_copy(float* dst, const float* src, int64_t n) {
+  int64_t k = 0;
+#if defined(__AVX512F__)
+  if ((reinterpret_cast<uintptr_t>(dst) & 63) == 0) {
+    for (; k + 16 <= n; k += 16)
+      _mm512_stream_ps(dst + k, src ? _mm512_loadu_ps(src + k) : _mm512_setzero_ps());
+  }
+#endif
+  for (; k < n; ++k) dst[k] = src ? src[k] : 0.0f;
+}
+
 // out[k] = a[k] + b[k] (out may be a or b).
 inline void add(int64_t n, const float* a, const float* b, float* out) {
   for (int64_t k = 0; k < n; ++k) out[k] = a[k] + b[k];
@@ -266,9 +281,9 @@ ffi::Error SeqForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_x, ffi::B
         float* h_out = hs_p + (t * R + r) * H + u0;
         float* a_out = ac_p + (t * R + r) * G + u0;
         if (!lv[t * R + r]) {
-          std::memcpy(c_out, cp, nu * sizeof(float));
-          std::memcpy(h_out, hp, nu * sizeof(float));
-          for (int64_t g = 0; g < 4; ++g) std::memset(a_out + g * H, 0, nu * sizeof(float));
+          stream_copy(c_out, cp, nu);
+          stream_copy(h_out, hp, nu);
+          for (int64_t g = 0; g < 4; ++g) stream_copy(a_out + g * H, nullptr, nu);
           gemm.put_row(a_next, i, u0, hp, nu);
           continue;
         }
@@ -280,6 +295,9 @@ ffi::Error SeqForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_x, ffi::B
       }
       barrier.wait();
     }
+#if defined(__AVX512F__)
+    _mm_sfence();
+#endif
     float* cf = c_fin->typed_data() + p * R * H;
     float* hf = h_fin->typed_data() + p * R * H;
     for (int64_t r = 0; r < R; ++r) {
