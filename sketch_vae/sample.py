@@ -80,6 +80,7 @@ def sample_one(spec: ModelSpec, params, key, temperature, z=None, prefix=None, p
   return Sampled(strokes=rows, length=_length(rows, max_len))
 
 
+STEPS_PER_CHECK = 8  # steps between the batch sampler's checks for ended rows
 MIN_TIER_ROWS = 32  # the batched sampler does not shrink a batch below this many rows
 TIER_SHRINK = 3  # each smaller batch holds about a third of the rows of the one before
 
@@ -108,7 +109,9 @@ def batch_sampler(spec: ModelSpec, max_len: int, greedy: bool = False,
   sketch up to float rounding of the different batch shapes), but rows stop at their end:
   the steps run in a while loop that leaves as soon as every row has ended, and whenever
   the unfinished rows fit in the next size of `row_tiers(K)` they are gathered into that
-  smaller batch. A trained model's sketches end at different lengths, so this skips most
+  smaller batch. Both checks come every STEPS_PER_CHECK steps (a fixed-length scan inside
+  the loop), which keeps a loop of unknown length from syncing with the host at every
+  step on accelerators. A trained model's sketches end at different lengths, so this skips most
   of the work that a vmapped scan spends on rows that already emit end rows. Cached per
   (spec, max_len, greedy, convention): a temperature sweep or a new batch of the same
   size does not recompile.
@@ -138,12 +141,23 @@ def batch_sampler(spec: ModelSpec, max_len: int, greedy: bool = False,
         return (t < max_len) & (jnp.sum(~rows["ended"]) > next_rows)
 
       def body(state):
-        t, r, out = state
-        forced_t = jnp.where(t < P, prefix[r["idx"], jnp.minimum(t, P - 1)], 0.0)
-        carry, row, ended = step(r["carry"], r["prev"], r["ended"], t, r["key"], r["temperature"],
-                                 r["xp_static"], forced_t, r["prefix_len"])
-        out = out.at[r["idx"], t].set(row)
-        return t + 1, dict(r, carry=carry, prev=row, ended=ended), out
+        t0, r, out = state
+
+        def one(dynamic, t):  # only the changing state rides in the scan's carry
+          carry, prev, ended = dynamic
+          forced_t = jnp.where(t < P, prefix[r["idx"], jnp.minimum(t, P - 1)], 0.0)
+          carry, row, ended = step(carry, prev, ended, t, r["key"], r["temperature"],
+                                   r["xp_static"], forced_t, r["prefix_len"])
+          return (carry, row, ended), row
+
+        steps = t0 + jnp.arange(STEPS_PER_CHECK)
+        (carry, prev, ended), rows_CxRx5 = jax.lax.scan(
+            one, (r["carry"], r["prev"], r["ended"]), steps)
+        r = dict(r, carry=carry, prev=prev, ended=ended)
+        # Steps past max_len (the last chunk's tail) are dropped.
+        out = out.at[r["idx"][:, None], steps[None, :]].set(jnp.swapaxes(rows_CxRx5, 0, 1),
+                                                             mode="drop")
+        return t0 + STEPS_PER_CHECK, r, out
 
       t, rows, out = jax.lax.while_loop(unfinished, body, (t, rows, out))
       if next_rows:  # unfinished rows first (argsort is stable), then enough ended ones
