@@ -56,8 +56,9 @@ def main(argv):
     result = benchmark.bench_sample(config, num=FLAGS.num, repeats=max(1, FLAGS.repeats // 2),
                                     trained_model=FLAGS.trained_model,
                                     temperature=FLAGS.temperature)
-  result.update(config=FLAGS.config, matmul_dtype=FLAGS.matmul_dtype, batch_size=FLAGS.batch_size,
-                max_seq_len=FLAGS.max_seq_len, remat=FLAGS.remat,
+  if FLAGS.what == "train":  # sampling reports its own batch ("batch", --num)
+    result.update(batch_size=FLAGS.batch_size, remat=FLAGS.remat)
+  result.update(config=FLAGS.config, matmul_dtype=FLAGS.matmul_dtype, max_seq_len=FLAGS.max_seq_len,
                 device=str(jax.devices()[0].device_kind), platform=jax.default_backend(),
                 jax=jax.__version__, machine=platform.processor() or platform.machine(),
                 glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
@@ -68,12 +69,13 @@ def main(argv):
   if FLAGS.json:
     print(json.dumps(result))
     return
+  width = max(map(len, result))
   for k, v in result.items():
     if isinstance(v, float):
       v = f"{v:.4g}"
     elif isinstance(v, list):
       v = ", ".join(f"{x:.3f}" for x in v)
-    print(f"{k:>26}: {v}")
+    print(f"{k:>{width}}: {v}")
 
 
 if __name__ == "__main__":
