@@ -146,6 +146,27 @@ class PackedGemm {
     }
   }
 
+  // Rows that put_rows writes together: the float32 engine's row block (16 for AMX).
+  int64_t block_rows() const { return amx_ ? 16 : mr_; }
+
+  // Writes A[r0 + i, k0 + k] = v[i * ld + k] for i < m, k < n, where r0 is a
+  // multiple of block_rows() and m <= block_rows(). For the float32 layout this is
+  // a transpose into the block's k-major run: the stores go out in address order,
+  // where row-by-row put_row calls would store every MR-th float of the same lines.
+  void put_rows(void* a, int64_t r0, int64_t m, int64_t k0, const float* v, int64_t ld,
+                int64_t n) const {
+    if (amx_) {
+      for (int64_t i = 0; i < m; ++i) put_row(a, r0 + i, k0, v + i * ld, n);
+      return;
+    }
+    float* out = static_cast<float*>(a) + (r0 / mr_) * (K_ * mr_) + k0 * mr_;
+    for (int64_t k = 0; k < n; ++k, out += mr_)
+      for (int64_t i = 0; i < m; ++i) {
+        const float x = v[i * ld + k];
+        out[i] = bf16_ ? bf16_round(x) : x;
+      }
+  }
+
   // Writes A[r0 + i, k] = v[i * stride] for i < n (a column of A).
   void put_col(void* a, int64_t r0, int64_t k, const float* v, int64_t stride, int64_t n) const {
     for (int64_t i = 0; i < n; ++i) {

@@ -362,7 +362,11 @@ ffi::Error SeqBackward(ffi::Buffer<ffi::F32> d_hs, ffi::Buffer<ffi::F32> dh_fin,
     void* b_w = gemm_w.a_bf16() ? static_cast<void*>(b_w16.data()) : b_w32.data();
     std::vector<float> c_w(gemm_w.rows() * gemm_w.ldc(), 0.0f);  // [dW_h; dW_x; d_bias][:, own]
 
-    std::vector<float> c(gemm.rows() * gemm.ldc()), scale(nu), dh(nu), dgl(N), dc_new(nu), zeros(N, 0.0f);
+    std::vector<float> c(gemm.rows() * gemm.ldc()), scale(nu), dh(nu), dc_new(nu), zeros(N, 0.0f);
+    // The gate gradients of one row block of A: rows are computed one by one into
+    // `block` and written to A a block at a time (gemm.put_rows).
+    const int64_t mb = gemm.block_rows();
+    std::vector<float> block(mb * N);
     std::vector<float> dh_carry(R * nu), dc_carry(R * nu), dh_pass(R * nu, 0.0f), ones(R, 1.0f);
     std::vector<float> d_rows(static_rows ? R * N : 0, 0.0f);  // per-row static gradient
     const float* dhf = dh_fin.typed_data() + p * R * H;
@@ -412,21 +416,32 @@ ffi::Error SeqBackward(ffi::Buffer<ffi::F32> d_hs, ffi::Buffer<ffi::F32> dh_fin,
         } else {
           std::memcpy(dh.data(), dhc, nu * sizeof(float));
         }
+        // Row i's gate gradients go to its slot of `block`; a full (or the last) block
+        // that the product reads (it reads order.rows[t] rows, rounded up to a block;
+        // stale rows of `block` there are finite and their C rows unused) goes to A.
+        float* dgl = block.data() + (i % mb) * N;
+        const int64_t first = i - i % mb;
+        const bool flush = (i % mb == mb - 1 || i == R - 1) && first < order.rows[t];
+        auto write_block = [&] {
+          for (int64_t g = 0; g < 4; ++g)
+            gemm.put_rows(a_t, first, i - first + 1, g * H + u0, block.data() + g * nu, N, nu);
+        };
         if (!lv[t * R + r]) {  // the step held its carry: gradients pass straight through
           if (i < order.rows[t])  // inside the product's rows: its C row must come out 0
-            for (int64_t g = 0; g < 4; ++g) gemm.put_row(a_t, i, g * H + u0, zeros.data(), nu);
+            std::fill(dgl, dgl + N, 0.0f);
           std::memcpy(dhp, dh.data(), nu * sizeof(float));
+          if (flush) write_block();
           continue;
         }
         const float* ar = ac_p + (t * R + r) * G + u0;
         const float* cp = (t > 0 ? cs_p + (t - 1) * R * H : c_init) + r * H + u0;
         const float* cn = cs_p + (t * R + r) * H + u0;
         drop_scales(drop, ks + t * R * 2, r, H, u0, nu, scale.data());
-        backward_row(nu, H, nu, dh.data(), dcc, ar, cp, cn, scale.data(), dgl.data(), dc_new.data(), dhp);
+        backward_row(nu, H, nu, dh.data(), dcc, ar, cp, cn, scale.data(), dgl, dc_new.data(), dhp);
         std::memcpy(dcc, dc_new.data(), nu * sizeof(float));
-        gemm_w.put_b_row(b_w, kfill++, 0, dgl.data(), N);
-        for (int64_t g = 0; g < 4; ++g) gemm.put_row(a_t, i, g * H + u0, dgl.data() + g * nu, nu);
-        if (static_rows) add(N, dgl.data(), d_rows.data() + r * N, d_rows.data() + r * N);
+        gemm_w.put_b_row(b_w, kfill++, 0, dgl, N);
+        if (static_rows) add(N, dgl, d_rows.data() + r * N, d_rows.data() + r * N);
+        if (flush) write_block();
       }
       barrier.wait();
       const int64_t rows = order.rows[t];
