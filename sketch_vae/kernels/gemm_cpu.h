@@ -169,14 +169,24 @@ class PackedGemm {
 
   // Writes A[r0 + i, k] = v[i * stride] for i < n (a column of A).
   void put_col(void* a, int64_t r0, int64_t k, const float* v, int64_t stride, int64_t n) const {
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t r = r0 + i;
-      if (amx_) {
-        static_cast<uint16_t*>(a)[r * lda_ + k] = to_bf16(v[i * stride]);
+    if (amx_) {
+      uint16_t* out = static_cast<uint16_t*>(a) + r0 * lda_ + k;
+      for (int64_t i = 0; i < n; ++i) out[i * lda_] = to_bf16(v[i * stride]);
+      return;
+    }
+    // Float32: the column is a run of up to MR contiguous floats in each row block
+    // it crosses (the weight-gradient product writes one per row and step).
+    for (int64_t r = r0, end = r0 + n; r < end;) {
+      const int64_t block = r / mr_, in_block = r - block * mr_;
+      const int64_t take = std::min<int64_t>(mr_ - in_block, end - r);
+      float* out = static_cast<float*>(a) + block * (K_ * mr_) + k * mr_ + in_block;
+      const float* src = v + (r - r0) * stride;
+      if (bf16_) {
+        for (int64_t j = 0; j < take; ++j) out[j] = bf16_round(src[j * stride]);
       } else {
-        const float x = v[i * stride];
-        static_cast<float*>(a)[(r / mr_) * (K_ * mr_) + k * mr_ + r % mr_] = bf16_ ? bf16_round(x) : x;
+        for (int64_t j = 0; j < take; ++j) out[j] = src[j * stride];
       }
+      r += take;
     }
   }
 
