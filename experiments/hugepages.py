@@ -28,12 +28,20 @@ HUGE_PAGES = ("glibc.malloc.hugetlb=1",)
 _MARK = "SKETCH_VAE_MALLOC_TUNED"
 
 
+def merged_tunables(current: str, wanted) -> str:
+  """`current` (a GLIBC_TUNABLES value) with the `wanted` settings appended, those it
+  already has left out; a name set to another value there keeps the later (wanted) one."""
+  have = [t for t in current.split(":") if t]
+  return ":".join(have + [t for t in wanted if t not in have])
+
+
 def reexec_with_malloc_tunables(reuse: bool = False, huge_pages: bool = True) -> None:
   wanted = (REUSE if reuse else ()) + (HUGE_PAGES if huge_pages else ())
   if not wanted or not sys.platform.startswith("linux") or os.environ.get(_MARK):
     return
-  current = os.environ.get("GLIBC_TUNABLES", "")
-  tunables = ":".join(([current] if current else []) + list(wanted))
+  tunables = merged_tunables(os.environ.get("GLIBC_TUNABLES", ""), wanted)
+  if tunables == os.environ.get("GLIBC_TUNABLES", ""):
+    return  # already running with them (set by hand): no re-exec
   env = dict(os.environ, GLIBC_TUNABLES=tunables, **{_MARK: "1"})
   sys.stdout.flush()
   os.execve(sys.executable, list(sys.orig_argv), env)

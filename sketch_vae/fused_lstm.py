@@ -45,6 +45,9 @@ _KERNELS = pathlib.Path(__file__).parent / "kernels"
 _SOURCES = (_KERNELS / "lstm_cpu.cc", _KERNELS / "lstm_seq_cpu.cc", _KERNELS / "ln_lstm_cpu.cc",
             _KERNELS / "packed_matmul_cpu.cc")
 _HEADERS = (_KERNELS / "lstm_math.h", _KERNELS / "gemm_cpu.h", _KERNELS / "ffi_rows.h")
+# g++ flags; part of the cache key, so a change of flags rebuilds.
+_FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-trapping-math",
+          "-ffp-contract=off", "-shared", "-fPIC", "-pthread", "-std=c++20", "-w")
 _STATUS = {"loaded": False, "reason": "not tried"}
 _LIB: list = []  # the loaded kernel library, once built
 
@@ -67,19 +70,21 @@ def _cpu_tag() -> bytes:
     return b""
 
 
+def _cache_key() -> str:
+  """Names the built library by what it is built from: sources, flags, CPU, jax, Python."""
+  source = b"".join(p.read_bytes() for p in _SOURCES + _HEADERS)
+  return hashlib.sha256(source + " ".join(_FLAGS).encode() + jax.__version__.encode() +
+                        sys.version.encode() + _cpu_tag()).hexdigest()[:16]
+
+
 def _build() -> Optional[pathlib.Path]:
   """Compiles the kernels (once per source, CPU, jaxlib and Python version); returns the .so."""
-  source = b"".join(p.read_bytes() for p in _SOURCES + _HEADERS)
-  tag = hashlib.sha256(source + jax.__version__.encode() + sys.version.encode() +
-                       _cpu_tag()).hexdigest()[:16]
-  out = _cache_dir() / f"lstm_cpu_{tag}.so"
+  out = _cache_dir() / f"lstm_cpu_{_cache_key()}.so"
   if out.exists():
     return out
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_suffix(f".{os.getpid()}.tmp")
-  cmd = ["g++", "-O3", "-march=native", "-mprefer-vector-width=512", "-fno-trapping-math",
-         "-ffp-contract=off", "-shared", "-fPIC", "-pthread",
-         "-std=c++20", "-w", f"-I{jax.ffi.include_dir()}", *map(str, _SOURCES), "-o", str(tmp)]
+  cmd = ["g++", *_FLAGS, f"-I{jax.ffi.include_dir()}", *map(str, _SOURCES), "-o", str(tmp)]
   result = subprocess.run(cmd, capture_output=True, text=True)
   if result.returncode != 0:
     _STATUS["reason"] = f"g++ failed: {result.stderr.strip()[-500:]}"

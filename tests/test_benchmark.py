@@ -12,21 +12,24 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import hugepages
 from sketch_vae import benchmark, flops
 from conftest import REPO
 
 
-def run_benchmark(*args) -> dict:
-  cmd = [sys.executable, "-m", "experiments.benchmark", "--json", "--reuse_memory=off", *args]
+def run_benchmark(*args, reuse="off") -> dict:
+  cmd = [sys.executable, "-m", "experiments.benchmark", "--json", f"--reuse_memory={reuse}", *args]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+                       env={k: v for k, v in os.environ.items()
+                            if k not in ("XLA_FLAGS", "GLIBC_TUNABLES", hugepages._MARK)})
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_train_report_is_consistent_and_counts_the_steps_flops():
+@pytest.mark.parametrize("reuse", ["off", "on"])
+def test_train_report_is_consistent_and_counts_the_steps_flops(reuse):
   r = run_benchmark("--config=A", "--what=train", "--batch_size=4", "--max_seq_len=20",
-                    "--repeats=3", "--warmup=1")
+                    "--repeats=3", "--warmup=1", reuse=reuse)
   config = benchmark.make_config("A", batch_size=4, max_seq_len=20)
   from sketch_vae import train
   state = train.create_state(config, jax.random.key(0))
@@ -41,6 +44,13 @@ def test_train_report_is_consistent_and_counts_the_steps_flops():
   assert r["ratio_to_fp32_peak"] == pytest.approx(r["achieved_gflops"] / r["fp32_matmul_peak_gflops"])
   assert r["fp32_matmul_peak_gflops"] > 1.0 and r["peak_host_memory_mb"] > 100
   assert (r["config"], r["batch_size"], r["max_seq_len"], r["platform"]) == ("A", 4, 20, "cpu")
+  tunables = r["glibc_tunables"].split(":")
+  assert len(tunables) == len(set(tunables))  # the re-exec adds each setting once
+  if reuse == "on" and sys.platform.startswith("linux"):
+    assert set(hugepages.REUSE) <= set(tunables)
+    assert r["heap_reserved_mb"] > 0  # three of the step's XLA temporary blocks
+  else:
+    assert r["heap_reserved_mb"] == 0
 
 
 def test_sample_report_forces_full_length_and_lets_the_trained_model_end():

@@ -15,6 +15,19 @@ def test_cpu_kernels_build_here():
   assert fused_lstm.cpu_kernels_available(), fused_lstm.kernel_status()
 
 
+def test_kernel_cache_key_follows_flags_and_sources(monkeypatch, tmp_path):
+  # A library built with other flags or from other sources is not picked up again.
+  key = fused_lstm._cache_key()
+  assert fused_lstm._cache_key() == key
+  monkeypatch.setattr(fused_lstm, "_FLAGS", fused_lstm._FLAGS + ("-g",))
+  assert fused_lstm._cache_key() != key
+  monkeypatch.undo()
+  header = tmp_path / "extra.h"
+  header.write_text("// another source\n")
+  monkeypatch.setattr(fused_lstm, "_HEADERS", fused_lstm._HEADERS + (header,))
+  assert fused_lstm._cache_key() != key
+
+
 def _setup():
   params = cells.lstm(H).init(jax.random.key(0), I)
   params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape), params)
