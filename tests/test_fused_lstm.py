@@ -75,12 +75,13 @@ def test_held_rows_keep_their_carry_and_pass_gradients_through():
 
 @pytest.mark.parametrize("dropout", [(0.8, False, False), (0.6, True, False), (0.6, True, True)])
 def test_ffi_kernels_equal_jnp_equations(dropout):
-  """Elementwise kernels alone, on wide-ranging inputs (gates up to +-40)."""
+  """Elementwise kernels alone, on wide-ranging inputs (gates up to +-40, and rows of +-120:
+  past every clamp of the kernels' exp, sigmoid and tanh)."""
   assert fused_lstm.cpu_kernels_available()
   k = jax.random.split(jax.random.key(0), 8)
   R, Hk = 12, 40
   gates = 8.0 * jax.random.normal(k[0], (R, 4 * Hk))
-  gates = gates.at[0].set(40.0).at[1].set(-40.0)
+  gates = gates.at[0].set(40.0).at[1].set(-40.0).at[2].set(120.0).at[3].set(-120.0)
   c_prev = 2.0 * jax.random.normal(k[1], (R, Hk))
   h_prev = jax.random.normal(k[2], (R, Hk))
   live = jax.random.bernoulli(k[3], 0.8, (R,))
