@@ -17,19 +17,23 @@ from sketch_vae import benchmark, flops
 from conftest import REPO
 
 
-def run_benchmark(*args, reuse="off") -> dict:
-  cmd = [sys.executable, "-m", "experiments.benchmark", "--json", f"--reuse_memory={reuse}", *args]
-  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                       env={k: v for k, v in os.environ.items()
-                            if k not in ("XLA_FLAGS", "GLIBC_TUNABLES", hugepages._MARK)})
+def run_benchmark(*args, reuse="off", devices=1) -> dict:
+  cmd = [sys.executable, "-m", "experiments.benchmark", "--json", f"--reuse_memory={reuse}",
+         f"--num_devices={devices}", *args]
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("XLA_FLAGS", "GLIBC_TUNABLES", hugepages._MARK)}
+  if devices > 1:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("reuse", ["off", "on"])
-def test_train_report_is_consistent_and_counts_the_steps_flops(reuse):
+@pytest.mark.parametrize("reuse,devices", [("off", 1), ("on", 1), ("on", 2)])
+def test_train_report_is_consistent_and_counts_the_steps_flops(reuse, devices):
+  # Two fake CPU devices: the ahead-compiled pmapped step and the reserve work there too.
   r = run_benchmark("--config=A", "--what=train", "--batch_size=4", "--max_seq_len=20",
-                    "--repeats=3", "--warmup=1", reuse=reuse)
+                    "--repeats=3", "--warmup=1", reuse=reuse, devices=devices)
   config = benchmark.make_config("A", batch_size=4, max_seq_len=20)
   from sketch_vae import train
   state = train.create_state(config, jax.random.key(0))
