@@ -69,6 +69,14 @@ def _check_sketch(sketch, path: str, split: str, index: int) -> np.ndarray:
     arr = np.asarray(sketch)
   except Exception as e:  # ragged nested lists and the like
     raise DataError(f"{where}: cannot be read as an array ({e})") from None
+  if arr.dtype == object:
+    # NumPy builds an object array of numbers when every sketch of a split saved
+    # with dtype=object has the same length (a one-sketch split always does).
+    try:
+      arr = arr.astype(np.float64)
+    except (TypeError, ValueError):
+      raise DataError(f"{where}: expected numeric stroke-3 rows, got objects that are "
+                      f"not numbers") from None
   if arr.ndim != 2 or arr.shape[1] != 3:
     raise DataError(f"{where}: expected shape (n, 3) stroke-3 rows, got {arr.shape}")
   if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
@@ -179,6 +187,11 @@ def load(paths: Sequence[str] | str, max_seq_len: int = 250,
       raw[split].extend(sketches)
   report = {s: SplitReport() for s in SPLITS}
   kept = {s: _filter(raw[s], max_seq_len, report[s]) for s in SPLITS}
+  if facts is None and not kept["train"]:
+    r = report["train"]
+    raise DataError(f"{', '.join(paths)}: training split empty after filtering (read {r.read}, "
+                    f"{r.dropped_too_long} longer than max_seq_len={max_seq_len}, "
+                    f"{r.dropped_empty} empty); cannot compute a scale factor")
   if facts is None:
     longest = max(r.longest for r in report.values())
     facts = DataFacts(scale_factor=scale_factor_of(kept["train"]), max_seq_len=longest)

@@ -143,7 +143,8 @@ def convert(paths: Sequence[str] | str, *, epsilon: float | None = 2.0, resample
   Bad drawings are dropped and counted by reason, or, with `strict`, the first
   one is raised. Filters, in order: `recognized_only` drops drawings whose
   `recognized` field is false (drawings without the field stay); a drawing is
-  a duplicate when a kept one has its key_id, or, if it has none, its strokes.
+  a duplicate when a kept one has its key_id, or has its strokes and one of the
+  two has no key_id (two key_ids with the same strokes are two drawings).
   `max_drawings` keeps the first N drawings of each file; to draw a random
   subset like the official 75000, give split counts and leave the rest unused.
   """
@@ -153,10 +154,11 @@ def convert(paths: Sequence[str] | str, *, epsilon: float | None = 2.0, resample
     raise QuickDrawError("no input files given")
   if max_drawings is not None and max_drawings < 1:
     raise QuickDrawError(f"max_drawings should be at least 1, got {max_drawings}")
+  plain = lambda v: v.item() if isinstance(v, np.generic) else v  # NumPy scalars -> JSON
   settings = dict(epsilon=epsilon, resample=resample, raw_size=raw_size,
                   start_at_origin=start_at_origin, recognized_only=recognized_only,
                   deduplicate=deduplicate, strict=strict, max_drawings=max_drawings, seed=seed,
-                  train=train, valid=valid, test=test)
+                  train=plain(train), valid=plain(valid), test=plain(test))
   scaling = (f"align top-left, scale larger side to {raw_size:g}" if raw_size is not None
              else "keep raw pixels")
   steps = [f"raw only: {scaling}" + (", resample at 1 pixel" if resample else ""),
@@ -165,7 +167,10 @@ def convert(paths: Sequence[str] | str, *, epsilon: float | None = 2.0, resample
            + (", first offset set to (0, 0)" if start_at_origin else ""),
            f"seeded permutation (seed {seed}) cut into train / valid / test"]
   report = ConversionReport(settings=settings, steps=steps)
-  sketches, seen_keys, seen_content = [], set(), set()
+  # Content of every kept drawing, and of the kept drawings without a key_id: a
+  # keyed drawing is also a duplicate of an unkeyed one with its strokes, so the
+  # result does not depend on the order of the files.
+  sketches, seen_keys, seen_content, seen_unkeyed = [], set(), set(), set()
   for path in paths:
     quickdraw.check_file(path)
     source = dict(path=path, sha256=file_sha256(path), bytes=os.path.getsize(path), read=0, kept=0)
@@ -180,9 +185,10 @@ def convert(paths: Sequence[str] | str, *, epsilon: float | None = 2.0, resample
           report.drop("not_recognized", f"{item.where}: recognized is false")
           continue
         content = item.content_key() if deduplicate else None
-        if deduplicate and (item.key_id in seen_keys if item.key_id is not None
+        keyed = item.key_id is not None
+        if deduplicate and (item.key_id in seen_keys or content in seen_unkeyed if keyed
                             else content in seen_content):
-          what = f"key_id {item.key_id}" if item.key_id is not None else "content"
+          what = f"key_id {item.key_id}" if keyed and item.key_id in seen_keys else "content"
           report.drop("duplicate", f"{item.where}: same {what} as an earlier drawing")
           continue
         sketches.append(quickdraw.to_stroke3(item, epsilon, resample, raw_size, start_at_origin))
@@ -193,6 +199,8 @@ def convert(paths: Sequence[str] | str, *, epsilon: float | None = 2.0, resample
         continue
       seen_keys.add(item.key_id)
       seen_content.add(content)
+      if item.key_id is None:
+        seen_unkeyed.add(content)
       report.formats["raw" if item.is_raw else "simplified"] += 1
       source["kept"] += 1
       if max_drawings is not None and source["kept"] >= max_drawings:
@@ -217,11 +225,21 @@ def prepare(paths: Sequence[str] | str, output: str, **options) -> ConversionRep
   """`convert`, then write OUTPUT.npz and the report as OUTPUT.json beside it."""
   if not str(output).endswith(".npz"):
     raise QuickDrawError(f"{output}: the output name should end in .npz")
-  splits, report = convert(paths, **options)
-  write_npz(output, splits)
+  report_path = str(output)[:-len(".npz")] + ".json"
+  inputs = [p for p in paths.split(",") if p] if isinstance(paths, str) else list(paths)
+  for written in (str(output), report_path):
+    for path in inputs:
+      if os.path.abspath(path) == os.path.abspath(written) or (
+          os.path.exists(path) and os.path.exists(written) and os.path.samefile(path, written)):
+        raise QuickDrawError(f"{path}: is an input and would be overwritten by the output "
+                             f"{written}; choose another output name")
+  splits, report = convert(inputs, **options)
   report.output = str(output)
-  with open(str(output)[:-len(".npz")] + ".json", "w") as f:
-    json.dump(report.as_dict(), f, indent=1)
-    f.write("\n")
+  text = json.dumps(report.as_dict(), indent=1) + "\n"  # fails before anything is written
+  write_npz(output, splits)
+  tmp = report_path + ".part"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, report_path)
   return report
 

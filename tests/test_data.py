@@ -97,6 +97,29 @@ def test_bad_input_names_file_and_sketch(tmp_path, case, match):
   assert path.name in str(info.value)
 
 
+def test_object_arrays_of_equal_length_sketches_load(tmp_path):
+  # np.array([...], dtype=object) of same-length sketches is a 3-d object array.
+  a = [[1, 2, 0], [3, 4, 1]]
+  path = tmp_path / "obj.npz"
+  np.savez(path, train=np.array([a, [[5, 6, 0], [7, 8, 1]]], dtype=object),
+           valid=np.array([a], dtype=object), test=np.array([a], dtype=object))
+  raw = data.read_npz(str(path))
+  np.testing.assert_array_equal(raw["valid"][0], a)
+  assert raw["valid"][0].dtype == np.float32 and len(raw["train"]) == 2
+  np.savez(path, train=np.array([[["x", 2, 0]]], dtype=object), valid=np.array([a]),
+           test=np.array([a]))
+  with pytest.raises(data.DataError, match="obj.npz: split 'train', sketch 0: .*not numbers"):
+    data.read_npz(str(path))
+
+
+def test_empty_training_split_says_why(tmp_path):
+  long = np.array([[1, 2, 0]] * 12 + [[3, 4, 1]], np.int16)
+  p = _write_npz(tmp_path / "long.npz", [long, long])
+  with pytest.raises(data.DataError, match=r"long.npz: training split empty after filtering "
+                     r"\(read 2, 2 longer than max_seq_len=10, 0 empty\)"):
+    data.load(p, max_seq_len=10)
+
+
 def test_empty_sketches_are_counted_and_dropped(tmp_path):
   good = np.array([[1, 2, 0], [3, 4, 1]], np.int16)
   p = _write_npz(tmp_path / "e.npz", [good, np.zeros((0, 3), np.int16), good])
@@ -125,6 +148,49 @@ def test_random_scale_bounds():
     out = data.random_scale(s, rng, 0.15)
     assert np.all((out[:, :2] >= 0.85) & (out[:, :2] <= 1.15))
     np.testing.assert_array_equal(out[:, 2], s[:, 2])
+
+
+def test_random_scale_draws_independent_x_and_y_factors():
+  s = np.array([[3.0, -2.0, 0], [1.5, 4.0, 1]], np.float32)
+  fx, fy = np.random.default_rng(7).uniform(0.85, 1.15, size=2)  # the same draws
+  out = data.random_scale(s, np.random.default_rng(7), 0.15)
+  np.testing.assert_allclose(out[:, 0], s[:, 0] * fx, rtol=1e-6)
+  np.testing.assert_allclose(out[:, 1], s[:, 1] * fy, rtol=1e-6)
+  ratios = out[:, :2] / s[:, :2]
+  assert abs(ratios[0, 0] - ratios[0, 1]) > 1e-3  # not one shared factor
+  np.testing.assert_array_equal(s[:, 2], [0, 1])  # the input is not changed
+
+
+def test_batcher_applies_each_augmentation(sheep):
+  train = sheep.splits["train"]
+  max_len = sheep.facts.max_seq_len
+  def batch(scale, merge):
+    spec = data.BatchSpec(batch_size=20, max_seq_len=max_len, random_scale_factor=scale,
+                          augment_stroke_prob=merge)
+    return data.Batcher(train, spec, seed=5).train_batch(3)
+  plain, plain_len = batch(0.0, 0.0)
+  scaled, scaled_len = batch(0.15, 0.0)
+  merged, merged_len = batch(0.0, 0.5)
+  np.testing.assert_array_equal(scaled_len, plain_len)
+  x_factors, y_factors = [], []
+  for row in range(20):
+    n = plain_len[row]
+    dx, dy = plain[row, 1:n + 1, 0], plain[row, 1:n + 1, 1]
+    ix, iy = np.abs(dx) > 0.1, np.abs(dy) > 0.1
+    fx = scaled[row, 1:n + 1, 0][ix] / dx[ix]
+    fy = scaled[row, 1:n + 1, 1][iy] / dy[iy]
+    # One stretch per axis per sketch, within [0.85, 1.15].
+    np.testing.assert_allclose(fx, fx[0], rtol=1e-4)
+    np.testing.assert_allclose(fy, fy[0], rtol=1e-4)
+    x_factors.append(fx[0]); y_factors.append(fy[0])
+  assert np.all((np.array(x_factors + y_factors) >= 0.85) & (np.array(x_factors + y_factors) <= 1.15))
+  assert np.std(x_factors) > 0.03 and np.max(np.abs(np.subtract(x_factors, y_factors))) > 0.05
+  # Merging drops points but keeps each sketch's end point and stroke count.
+  assert np.all(merged_len <= plain_len) and merged_len.sum() < plain_len.sum()
+  for row in range(20):
+    p, m = plain[row, 1:plain_len[row] + 1], merged[row, 1:merged_len[row] + 1]
+    np.testing.assert_allclose(m[:, :2].sum(0), p[:, :2].sum(0), atol=1e-3)
+    assert m[:, 3].sum() == p[:, 3].sum()
 
 
 def test_batches_deterministic_sharded_and_epoch_complete(sheep):

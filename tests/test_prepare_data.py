@@ -74,6 +74,23 @@ def test_prepare_rejects_bad_output_name(tmp_path):
     quickdraw_dataset.prepare(CAT, str(tmp_path / "out.json"))
 
 
+def test_prepare_refuses_to_overwrite_an_input(tmp_path):
+  listed = write_lines(tmp_path / "yoga.json", [json.dumps([TINY, TINY[:1]])])
+  before = pathlib.Path(listed).read_bytes()
+  with pytest.raises(quickdraw.QuickDrawError, match="is an input and would be overwritten"):
+    quickdraw_dataset.prepare(listed, str(tmp_path / "yoga.npz"), valid=0, test=0)
+  assert pathlib.Path(listed).read_bytes() == before
+  assert not (tmp_path / "yoga.npz").exists()
+
+
+def test_prepare_accepts_numpy_split_sizes(tmp_path):
+  out = tmp_path / "cat.npz"
+  report = quickdraw_dataset.prepare(CAT, str(out), valid=np.int64(3), test=np.float64(0.2))
+  saved = json.loads((tmp_path / "cat.json").read_text())
+  assert saved["settings"]["valid"] == 3 and saved["settings"]["test"] == 0.2
+  assert saved["split"] == report.split == {"train": 17, "valid": 3, "test": 5}
+
+
 def test_launcher_skips_and_counts(tmp_path):
   bad = write_lines(tmp_path / "bad.ndjson", [
       json.dumps({"key_id": "b1", "drawing": TINY}),

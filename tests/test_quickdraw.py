@@ -241,6 +241,19 @@ def test_deduplicate(tmp_path):
   assert report.kept == 8
 
 
+def test_deduplicate_does_not_depend_on_file_order(tmp_path):
+  # A drawing copied without its key_id into another file (as the JSON-list
+  # subsets do) is a duplicate whichever file comes first.
+  other = [[[1, 2, 3], [3, 2, 9]]]
+  keyed = write_lines(tmp_path / "a.ndjson", [json.dumps({"key_id": "1", "drawing": TINY}),
+                                               json.dumps({"key_id": "2", "drawing": other})])
+  unkeyed = write_lines(tmp_path / "b.json", [json.dumps([TINY])])
+  for order in ([keyed, unkeyed], [unkeyed, keyed]):
+    _, report = quickdraw_dataset.convert(order, valid=0, test=0)
+    assert (report.kept, report.dropped) == (2, {"duplicate": 1}), order
+  assert report.examples["duplicate"] == [f"{keyed} line 1: same content as an earlier drawing"]
+
+
 @pytest.mark.skipif(not DOODLER_CAT.exists(), reason="shared data not present")
 def test_deduplicate_real_subset():
   # SOURCES.md: 4999 drawings, 4867 unique (counted there with a separate script).
