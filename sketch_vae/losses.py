@@ -63,9 +63,18 @@ def kl(mu_BxZ, presig_BxZ, weights_B=None):
   return jnp.sum(per * weights_B) / jnp.maximum(jnp.sum(weights_B), 1.0)
 
 
-def floored_kl(kl_raw, kl_min):
-  """max(L_KL, KL_min): below KL_min the KL term has no gradient (paper eq. 11)."""
-  return jnp.maximum(kl_raw, kl_min)
+def floored_kl(kl_raw, kl_min, batch_kl=None):
+  """max(L_KL, KL_min): below KL_min the KL term has no gradient (paper eq. 11).
+
+  With the batch split over devices, `kl_raw` is this device's mean and
+  `batch_kl` the whole batch's (a pmean, no gradient): the floor is decided on
+  the whole batch, as on one device, and the device's term is its own KL or the
+  constant floor, so the mean over devices is max(batch KL, KL_min) with its
+  gradient. (Flooring each device's mean would not be.)
+  """
+  if batch_kl is None:
+    return jnp.maximum(kl_raw, kl_min)
+  return jnp.where(batch_kl > kl_min, kl_raw, kl_min)
 
 
 def kl_weight(step, *, kl_weight: float, kl_weight_start: float, kl_decay_rate: float):

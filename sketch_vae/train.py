@@ -47,8 +47,10 @@ def create_state(config: config_lib.Config, key) -> TrainState:
                     opt_state=make_optimizer(config.train).init(params))
 
 
-def compute_losses(config: config_lib.Config, params, batch, step_key, step, *, train: bool):
-  """Loss and the reported metrics for one (per-device) batch."""
+def compute_losses(config: config_lib.Config, params, batch, step_key, step, *, train: bool,
+                   axis_name: Optional[str] = None):
+  """Loss and the reported metrics for one (per-device) batch; with `axis_name`
+  the KL floor applies to the mean over all devices' rows (equal shards)."""
   spec, t = config.model, config.train
   row_keys = keys_lib.row_keys(step_key, batch["rows"])
   out = model.forward(spec, params, batch["strokes"], batch["lengths"], row_keys, train=train)
@@ -56,7 +58,8 @@ def compute_losses(config: config_lib.Config, params, batch, step_key, step, *, 
   recon = losses.reconstruction(out.mixture, batch["strokes"][:, 1:], batch["lengths"], weights)
   if spec.conditional:
     kl_raw = losses.kl(out.encoded.mu, out.encoded.presig, weights)
-    kl_floored = losses.floored_kl(kl_raw, t.kl_tolerance)
+    batch_kl = None if axis_name is None else jax.lax.pmean(jax.lax.stop_gradient(kl_raw), axis_name)
+    kl_floored = losses.floored_kl(kl_raw, t.kl_tolerance, batch_kl)
   else:
     kl_raw = kl_floored = jnp.zeros((), jnp.float32)
   kl_w = losses.kl_weight(step, kl_weight=t.kl_weight, kl_weight_start=t.kl_weight_start,
@@ -79,7 +82,8 @@ def train_step(config: config_lib.Config, state: TrainState, batch, key, *,
   """
   step_key = jax.random.fold_in(key, state.step)
   grad_fn = jax.value_and_grad(
-      lambda p: compute_losses(config, p, batch, step_key, state.step, train=True), has_aux=True)
+      lambda p: compute_losses(config, p, batch, step_key, state.step, train=True,
+                               axis_name=axis_name), has_aux=True)
   (loss, metrics), grads = grad_fn(state.params)
   grads = parallel.mean_over_devices(grads, axis_name)
   metrics = parallel.mean_over_devices(metrics, axis_name)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sketch_vae import checkpoint, config as config_lib, data, evaluation, parallel, train
+from sketch_vae import checkpoint, config as config_lib, data, evaluation, keys, losses, model, parallel, train
 from conftest import BUNDLED, REPO
 
 SHEEP = str(BUNDLED / "aaron_sheep.npz")
@@ -59,6 +59,38 @@ def test_pmap_on_4_devices_equals_single_device_full_batch(sheep):
   for k in ("loss", "recon_loss", "kl_loss_raw"):
     assert float(rep_metrics[k][0]) == pytest.approx(float(single_metrics[k]), rel=1e-5)
   assert float(single_metrics["nonfinite"]) == 0.0
+
+
+def test_kl_floor_is_applied_to_the_whole_batch_on_several_devices(sheep):
+  # Late in training KL hovers near KL_min: when the devices' shares fall on
+  # either side of it, flooring each device's mean gives a KL gradient that one
+  # device (and the original) does not.
+  cfg = tiny_config(use_recurrent_dropout=False)
+  state = train.create_state(cfg, jax.random.key(0))
+  params = jax.tree.map(lambda a: a, state.params)
+  params["encoder"]["mu_w"] = params["encoder"]["mu_w"] * 300.0  # spread the rows' KL
+  state = state._replace(params=params)
+  batch = host_batch(sheep, cfg)
+  key = jax.random.key(5)
+  step_key = jax.random.fold_in(key, 0)
+  out = model.forward(cfg.model, params, batch["strokes"], batch["lengths"],
+                      keys.row_keys(step_key, batch["rows"]), train=True)
+  per_row = np.asarray(losses.kl_per_sketch(out.encoded.mu, out.encoded.presig), np.float64)
+  halves = per_row.reshape(2, -1).mean(1)
+  assert abs(halves[0] - halves[1]) > 1e-3
+  kl_min = float((per_row.mean() + halves.max()) / 2)  # above the batch, below one half
+  cfg = cfg.replace(kl_tolerance=kl_min, kl_weight_start=0.5)
+  one_state, one = jax.jit(lambda s, b: train.train_step(cfg, s, b, key))(state, batch)
+  lay = parallel.layout(cfg.train.batch_size, 2)
+  p_step = parallel.pmap(lambda s, b, k: train.train_step(cfg, s, b, k, axis_name=parallel.AXIS), lay,
+                         donate_state=False)
+  two_state, two = p_step(parallel.replicate(state, lay), parallel.shard(batch, lay), key)
+  assert float(one["kl_loss"]) == pytest.approx(kl_min)  # floored: no KL gradient
+  assert float(two["kl_loss"][0]) == pytest.approx(kl_min)
+  assert float(two["loss"][0]) == pytest.approx(float(one["loss"]), rel=1e-6)
+  assert float(two["grad_norm"][0]) == pytest.approx(float(one["grad_norm"]), rel=1e-4)
+  np.testing.assert_allclose(np.asarray(two_state.params["encoder"]["presig_w"])[0],
+                             one_state.params["encoder"]["presig_w"], rtol=1e-5, atol=1e-8)
 
 
 def test_batch_size_must_divide_devices():
