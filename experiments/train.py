@@ -89,22 +89,31 @@ def main(argv):
   config = build_config()
   try:
     config_lib.check(config)
+    parallel.layout(config.train.batch_size, FLAGS.num_devices)  # devices vs batch, before any work
     facts = None
-    if os.path.exists(os.path.join(FLAGS.workdir, checkpoint.FACTS_FILE)):
+    # A resumed run keeps its scale factor and N_max. Run files without a
+    # checkpoint (a start that failed before its first save) are not a run.
+    resuming = checkpoint.Checkpoints(FLAGS.workdir, writer=False).latest_step() is not None
+    if resuming and os.path.exists(os.path.join(FLAGS.workdir, checkpoint.FACTS_FILE)):
       saved, facts = checkpoint.load_run_files(FLAGS.workdir)
       if saved.model != config.model:
         raise ValueError(f"{FLAGS.workdir} holds a run with a different model ({saved.model}); "
                          f"use another --workdir or the same flags")
+      if saved.train.max_seq_len != config.train.max_seq_len:
+        raise ValueError(f"{FLAGS.workdir} holds a run with max_seq_len "
+                         f"{saved.train.max_seq_len}, not {config.train.max_seq_len}; use "
+                         f"another --workdir or the same flags")
     dataset = data.load(FLAGS.data, max_seq_len=config.train.max_seq_len, facts=facts)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
+  limit = facts.max_seq_len if facts else config.train.max_seq_len  # what load() filtered by
   for split, r in dataset.report.items():
     print(f"{split}: {r.kept} sketches kept of {r.read} ({r.dropped_too_long} longer than "
-          f"{config.train.max_seq_len}, {r.dropped_empty} empty dropped)")
+          f"{limit}, {r.dropped_empty} empty dropped)")
   print(f"scale factor {dataset.facts.scale_factor:.4f}, N_max {dataset.facts.max_seq_len}")
   try:
     train.fit(config, dataset, FLAGS.workdir, num_devices=FLAGS.num_devices)
-  except train.NonFiniteLoss as e:
+  except (train.NonFiniteLoss, data.DataError) as e:
     sys.exit(f"error: {e}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 from sketch_vae.model import ModelSpec
@@ -105,3 +106,28 @@ def check(config: Config) -> None:
   for name in ("batch_size", "max_seq_len", "log_every", "eval_every", "save_every"):
     if getattr(t, name) <= 0:
       raise ValueError(f"{name} must be positive")
+  for name in ("enc_rnn_size", "dec_rnn_size", "z_size", "num_mixture", "hyper_num_units",
+               "hyper_embedding_size"):
+    if getattr(m, name) < 1:
+      raise ValueError(f"{name} must be at least 1, not {getattr(m, name)}")
+  if t.num_steps < 0:
+    raise ValueError(f"num_steps must be >= 0, not {t.num_steps}")
+  # Rates and keep probabilities in (0, 1]: the schedules take log(rate), and a
+  # dropout mask divides by its keep probability.
+  in_unit = [(t, "decay_rate"), (t, "kl_decay_rate"), (m, "recurrent_dropout_prob"),
+             (m, "input_dropout_prob"), (m, "output_dropout_prob")]
+  for spec, name in in_unit:
+    value = getattr(spec, name)
+    if not 0.0 < value <= 1.0:
+      raise ValueError(f"{name} must be in (0, 1], not {value}")
+  for name in ("learning_rate", "min_learning_rate", "kl_weight", "kl_weight_start",
+               "kl_tolerance", "grad_clip", "random_scale_factor", "augment_stroke_prob"):
+    value = getattr(t, name)
+    if not (math.isfinite(value) and value >= 0):
+      raise ValueError(f"{name} must be finite and >= 0, not {value}")
+  if t.random_scale_factor >= 1 or t.augment_stroke_prob > 1:
+    raise ValueError(f"random_scale_factor must be < 1 (a stretch of 1 +- it must stay positive) "
+                     f"and augment_stroke_prob <= 1; got {t.random_scale_factor}, "
+                     f"{t.augment_stroke_prob}")
+  if t.grad_clip == 0:
+    raise ValueError("grad_clip must be positive (0 would zero every gradient)")

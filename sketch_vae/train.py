@@ -34,11 +34,21 @@ class TrainState(NamedTuple):
 
 
 def make_optimizer(t: config_lib.TrainSpec) -> optax.GradientTransformation:
-  """Clip (by value, as the original, or by global norm), then Adam with the decayed rate."""
+  """Clip (by value, as the original, or by global norm), then Adam's direction.
+
+  The step size, -lr(step), is applied by `train_step` from the state's step
+  rather than by an optax schedule with its own count: an update skipped for a
+  non-finite loss keeps Adam's moments and count, but the rate (like the KL
+  weight and the data) still follows the step, and the logged rate is the one
+  applied.
+  """
   clip = optax.clip(t.grad_clip) if t.clip_mode == "value" else optax.clip_by_global_norm(t.grad_clip)
-  schedule = functools.partial(losses.learning_rate, learning_rate=t.learning_rate,
-                               decay_rate=t.decay_rate, min_learning_rate=t.min_learning_rate)
-  return optax.chain(clip, optax.scale_by_adam(), optax.scale_by_schedule(lambda n: -schedule(n)))
+  return optax.chain(clip, optax.scale_by_adam())
+
+
+def learning_rate(t: config_lib.TrainSpec, step):
+  return losses.learning_rate(step, learning_rate=t.learning_rate, decay_rate=t.decay_rate,
+                              min_learning_rate=t.min_learning_rate)
 
 
 def create_state(config: config_lib.Config, key) -> TrainState:
@@ -90,14 +100,13 @@ def train_step(config: config_lib.Config, state: TrainState, batch, key, *,
   finite = jnp.isfinite(metrics["loss"]) & jnp.all(
       jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   tx = make_optimizer(config.train)
-  updates, new_opt = tx.update(grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, updates)
+  directions, new_opt = tx.update(grads, state.opt_state, state.params)
+  lr = learning_rate(config.train, state.step)
+  new_params = optax.apply_updates(state.params, jax.tree.map(lambda d: -lr * d, directions))
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
                          opt_state=keep(new_opt, state.opt_state))
-  metrics["lr"] = losses.learning_rate(state.step, learning_rate=config.train.learning_rate,
-                                       decay_rate=config.train.decay_rate,
-                                       min_learning_rate=config.train.min_learning_rate)
+  metrics["lr"] = lr
   metrics["grad_norm"] = optax.tree.norm(grads)
   metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
   return new_state, metrics
@@ -148,13 +157,13 @@ def fit(config: config_lib.Config, dataset: data_lib.Dataset, workdir: str, *,
     _, restored = ckpts.restore(state._asdict(), "latest")
     state = TrainState(**restored)
   start = int(start or 0)
-  if ckpts.writer:
+  batcher = data_lib.Batcher(dataset.splits["train"], data_lib.BatchSpec(
+      t.batch_size, dataset.facts.max_seq_len, t.random_scale_factor, t.augment_stroke_prob), t.seed)
+  if ckpts.writer:  # only once the data and devices are known to work
     ckpt_lib.save_run_files(workdir, config, dataset.facts, sources=dataset.sources)
   reporter = reporter or Reporter(workdir, resume_step=start, enabled=ckpts.writer)
   if start:
     reporter.say(f"resuming from step {start} in {workdir}")
-  batcher = data_lib.Batcher(dataset.splits["train"], data_lib.BatchSpec(
-      t.batch_size, dataset.facts.max_seq_len, t.random_scale_factor, t.augment_stroke_prob), t.seed)
   p_train = parallel.pmap(functools.partial(train_step, config, axis_name=parallel.AXIS), lay)
   p_eval = evaluation.pmap_eval(config, lay)
   state_rep = parallel.replicate(state, lay)
@@ -166,7 +175,10 @@ def fit(config: config_lib.Config, dataset: data_lib.Dataset, workdir: str, *,
     state_rep, metrics = p_train(state_rep, parallel.shard(batches.get(), lay), base_key)
     window.append(metrics)
     done = step + 1
-    if done % t.log_every == 0 or done == t.num_steps:
+    is_log = done % t.log_every == 0 or done == t.num_steps
+    is_eval = done % t.eval_every == 0 or done == t.num_steps
+    is_save = is_eval or done % t.save_every == 0 or done == t.num_steps
+    if is_log or is_save:  # the host waits here anyway; no sync on other steps
       fetched = jax.device_get([jax.tree.map(lambda a: a[0], m) for m in window])
       bad = [start_step for start_step, m in zip(range(done - len(fetched), done), fetched)
              if m["nonfinite"] > 0]
@@ -175,13 +187,13 @@ def fit(config: config_lib.Config, dataset: data_lib.Dataset, workdir: str, *,
         raise NonFiniteLoss(f"non-finite loss or gradient at step {bad[0]}; the update was not "
                             f"applied and no checkpoint was written after it (latest saved: "
                             f"{ckpts.latest_step()}). Use --on_nonfinite=skip to go on.")
+    if is_log:
       elapsed = max(time.time() - window_start, 1e-9)
       last = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
       last["sketches_per_sec"] = len(fetched) * t.batch_size / elapsed
       reporter.write(done, "train", last)
       reporter.progress(done, t.num_steps, last)
       window, window_start = [], time.time()
-    is_eval = done % t.eval_every == 0 or done == t.num_steps
     if is_eval and dataset.splits["valid"]:
       valid = evaluation.evaluate(config, state_rep.params, dataset.splits["valid"], dataset.facts,
                                   lay, p_eval, t.seed)

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -111,8 +112,9 @@ def test_nonfinite_step_leaves_state_unchanged(sheep):
   assert all(bool(jnp.all(jnp.isfinite(l))) for l in jax.tree.leaves(new.opt_state))
 
 
-def test_fit_stops_on_nonfinite_naming_the_step(sheep, tmp_path):
-  cfg = tiny_config(num_steps=6)
+@pytest.mark.parametrize("log_every", [2, 8])  # 8: saves at 4 and 6 fall before the first log
+def test_fit_stops_on_nonfinite_naming_the_step(sheep, tmp_path, log_every):
+  cfg = tiny_config(num_steps=8, log_every=log_every, save_every=2)
   bad = data.Dataset(splits={k: list(v) for k, v in sheep.splits.items()}, facts=sheep.facts,
                      report=sheep.report, sources=sheep.sources)
   b = data.Batcher(bad.splits["train"], data.BatchSpec(8, sheep.facts.max_seq_len), seed=0)
@@ -126,6 +128,56 @@ def test_fit_stops_on_nonfinite_naming_the_step(sheep, tmp_path):
   assert ck.latest_step() == 2  # saved before the bad step, nothing after it
   _, restored = ck.restore(train.create_state(cfg, jax.random.key(0))._asdict(), "latest")
   assert all(bool(np.all(np.isfinite(l))) for l in jax.tree.leaves(restored))
+
+
+def test_learning_rate_follows_the_step_not_the_optimizer_count(sheep):
+  # With --on_nonfinite=skip, a skipped update leaves Adam's count behind the
+  # step; the rate applied (and logged) must still be lr(step). Adam's first
+  # update is g / (|g| + eps), so each parameter moves by lr(step) (or 0).
+  cfg = tiny_config(decay_rate=0.999, min_learning_rate=1e-5)
+  batch = host_batch(sheep, cfg)
+  fresh = train.create_state(cfg, jax.random.key(0))
+  step_fn = jax.jit(lambda s, b: train.train_step(cfg, s, b, jax.random.key(1)))
+  for step in (0, 3000):
+    state = fresh._replace(step=jnp.asarray(step, jnp.int32))
+    new, metrics = step_fn(state, batch)
+    want = (1e-3 - 1e-5) * 0.999 ** step + 1e-5  # sketch_rnn_train.py's schedule
+    assert float(metrics["lr"]) == pytest.approx(want, rel=1e-5)
+    moved = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() for a, b in
+                            zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params))])
+    moved = moved[moved > 0]
+    assert len(moved) > 1000
+    assert np.median(moved) == pytest.approx(want, rel=1e-3)
+    assert moved.max() <= want * 1.001
+
+
+def test_failed_start_leaves_no_run_files(sheep, tmp_path):
+  # A batch larger than the training split fails before anything is written, so
+  # a later run in the same workdir is not a resume of it.
+  cfg = tiny_config(batch_size=1000)
+  with pytest.raises(data.DataError, match="fewer than the batch size 1000"):
+    train.fit(cfg, sheep, str(tmp_path), num_devices=1)
+  assert not (tmp_path / "data_facts.json").exists()
+  assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("flag, match", [
+    ("--decay_rate=0", r"decay_rate must be in \(0, 1\], not 0.0"),
+    ("--recurrent_dropout_prob=0", r"recurrent_dropout_prob must be in \(0, 1\]"),
+    ("--num_mixture=0", "num_mixture must be at least 1, not 0"),
+    ("--dec_rnn_size=0", "dec_rnn_size must be at least 1"),
+    ("--num_devices=64", "asked for 64 devices but this host has"),
+    ("--batch_size=8000", "fewer than the batch size 8000"),
+])
+def test_launcher_bad_settings_are_one_line_errors(tmp_path, flag, match):
+  out = subprocess.run([sys.executable, "-m", "experiments.train", f"--data={SHEEP}",
+                        f"--workdir={tmp_path / 'run'}", "--preset=small", "--num_steps=1", flag],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  assert "Traceback" not in out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and re.search(match, last), out.stderr[-1000:]
+  assert not (tmp_path / "run" / "data_facts.json").exists()
 
 
 def test_launcher_writes_all_artefacts_and_loss_falls(tmp_path):
