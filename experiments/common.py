@@ -26,6 +26,7 @@ import numpy as np
 from absl import flags, logging
 
 from sketch_vae import checkpoint, data, evaluation, mdn, pretrained, quickdraw, render_grid, sample
+from sketch_vae import config as config_lib
 from sketch_vae import strokes as strokes_lib
 
 FLAGS = flags.FLAGS
@@ -92,9 +93,6 @@ def load_model(needs_encoder: Optional[str] = None) -> Model:
     FLAGS.workdir = pretrained.ensure_workdir(FLAGS.workdir)
   if not FLAGS.workdir or not os.path.isdir(FLAGS.workdir):
     raise FileNotFoundError(f"--workdir {FLAGS.workdir!r} is not a directory")
-  if FLAGS.checkpoint not in ("best", "latest") and not FLAGS.checkpoint.isdigit():
-    raise ValueError(f"--checkpoint must be best, latest or a step number, "
-                     f"not {FLAGS.checkpoint!r}")
   model = Model(*checkpoint.load_model(FLAGS.workdir, FLAGS.checkpoint))
   if needs_encoder and not model.spec.conditional:
     raise ValueError(f"{FLAGS.workdir} holds a decoder-only model (conditional=False): it has "
@@ -110,10 +108,10 @@ def keys(n: int):
 def temperatures(default: Sequence[float]) -> list[float]:
   if FLAGS.greedy:
     return [0.0]
-  values = [float(t) for t in FLAGS.temperatures] if FLAGS.temperatures else list(default)
-  if not values or min(values) <= 0:
-    raise ValueError(f"temperatures must be positive, got {values}")
-  return values
+  if not FLAGS.temperatures:
+    return list(default)
+  # inf would sample offsets of infinite spread, which come out as empty sketches.
+  return [config_lib.positive_number(text, "--temperatures") for text in FLAGS.temperatures]
 
 
 def temperature_label(tau: float) -> str:

@@ -27,7 +27,8 @@ flags.DEFINE_string("checkpoint", "best", "best, latest, or a step number.")
 flags.DEFINE_integer("batch_size", 100, "Evaluation batch (must divide over the devices).")
 flags.DEFINE_integer("num_devices", 0, "Local devices to use (0 = all).")
 flags.DEFINE_integer("seed", 0, "Seed for z's eps.")
-flags.DEFINE_string("rescale", "1", "Multiply the data's offsets by this, or 'auto' (see above).")
+flags.DEFINE_string("rescale", "1", "Multiply the data's offsets by this (finite, > 0), or "
+                    "'auto' (see above).")
 
 
 def main(argv):

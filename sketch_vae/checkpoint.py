@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from typing import Any, Optional
 
 import jax
@@ -35,7 +35,12 @@ def write_text_atomic(path: str, text: str) -> None:
   """Write to a temporary file in the same directory, then rename over `path`."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+  # Not tempfile.mkstemp: it creates 0600 files, and exported models and run files are meant
+  # to be shared like any other output. Mode 0666 lets the kernel apply the umask (and any
+  # default ACL) as open() does; reading the umask ourselves would mean setting it, which
+  # races with other threads. O_EXCL and a random name keep the temporary file ours alone.
+  tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   with os.fdopen(fd, "w") as f:
     f.write(text)
     f.flush()
@@ -135,7 +140,13 @@ class Checkpoints:
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.workdir}")
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), target)
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    try:
+      restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except ValueError as e:
+      if "tree structures do not match" not in str(e):
+        raise
+      raw = manager.restore(step, args=ocp.args.StandardRestore())
+      restored = _upgrade(raw, abstract, f"{self.workdir} step {step}")
     return step, restored
 
   def close(self) -> None:
@@ -144,8 +155,33 @@ class Checkpoints:
         m.close()
 
 
+def _upgrade(raw: Any, abstract: Any, where: str) -> Any:
+  """A checkpoint of an earlier layout, restored without a target, in `abstract`'s layout.
+
+  The one change so far: until 2026-11-25 the optimizer state was (clip, Adam,
+  schedule count); the rate now comes from the step (train.make_optimizer), so
+  the schedule's count is dropped. Anything else that does not match is an error.
+  """
+  opt = raw.get("opt_state") if isinstance(raw, dict) else None
+  if isinstance(opt, (list, tuple)) and len(opt) == 3 and isinstance(opt[2], dict) \
+      and set(opt[2]) == {"count"}:
+    raw = {**raw, "opt_state": list(opt[:2])}
+  leaves, want = jax.tree.leaves(raw), jax.tree.leaves(abstract)
+  shapes = lambda xs: [tuple(np.shape(x)) for x in xs]
+  if len(leaves) != len(want) or shapes(leaves) != shapes(want):
+    raise ValueError(f"the checkpoint {where} does not match this model and version of "
+                     f"sketch_vae ({len(leaves)} arrays saved, {len(want)} expected); train "
+                     f"in a new workdir")
+  return jax.tree.unflatten(jax.tree.structure(abstract),
+                            [np.asarray(x, w.dtype) for x, w in zip(leaves, want)])
+
+
 def load_model(workdir: str, which: str = "best"):
   """(config, facts, params) of a workdir, from its 'best', 'latest' or a numbered checkpoint."""
+  # Checked here, once for every launcher (evaluate, export_js, the samplers, serve), before
+  # anything is read: otherwise a name like "foo" surfaces as int()'s "invalid literal".
+  if which not in ("best", "latest") and not (isinstance(which, str) and which.isdecimal()):
+    raise ValueError(f"checkpoint must be best, latest or a step number, not {which!r}")
   from sketch_vae import train  # late: train imports this module
   config, facts = load_run_files(workdir)
   target = jax.eval_shape(lambda: train.create_state(config, jax.random.key(0)))._asdict()

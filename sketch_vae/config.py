@@ -131,3 +131,17 @@ def check(config: Config) -> None:
                      f"{t.augment_stroke_prob}")
   if t.grad_clip == 0:
     raise ValueError("grad_clip must be positive (0 would zero every gradient)")
+
+
+def positive_number(value, what: str) -> float:
+  """float(value), or a ValueError naming `what` unless it is a finite number > 0.
+
+  Written as "not (... > 0)" so that NaN fails too.
+  """
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{what} must be a number > 0, not {value!r}") from None
+  if not (math.isfinite(number) and number > 0):
+    raise ValueError(f"{what} must be a finite number > 0, not {value!r}")
+  return number

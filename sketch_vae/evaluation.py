@@ -10,6 +10,7 @@ import numpy as np
 
 from sketch_vae import data as data_lib
 from sketch_vae import parallel
+from sketch_vae import config as config_lib
 from sketch_vae.config import Config
 
 
@@ -94,10 +95,23 @@ def rescale_offsets(dataset: data_lib.Dataset, split: str, rescale: str | float 
   training drawings lived at another pixel scale than these data.
   """
   if rescale == "auto":
-    ref = dataset.splits["train"] or dataset.splits[split]
-    factor = 1.0 / float(np.std(np.concatenate([s[:, 0:2].reshape(-1) for s in ref])))
+    name = "train" if dataset.splits["train"] else split
+    ref = dataset.splits[name]
+    if not ref:
+      # Both can be empty after loading, e.g. every sketch longer than the model's N_max.
+      r, where = dataset.report[name], "train" if name == "train" else f"train or {name}"
+      raise ValueError(f"rescale 'auto' has no offsets to measure: no sketches in the {where} "
+                       f"split ({name}: {r.dropped_too_long} longer than the model's N_max "
+                       f"{dataset.facts.max_seq_len}, {r.dropped_empty} empty); pass a number")
+    spread = float(np.std(np.concatenate([s[:, 0:2].reshape(-1) for s in ref])))
+    if not spread > 0:
+      raise ValueError(f"rescale 'auto': the offsets of split '{name}' do not vary (spread "
+                       f"{spread}); pass a number instead")
+    factor = 1.0 / spread
   else:
-    factor = float(rescale)
+    # 0 would divide by zero in per_point's log; negative and non-finite factors would put
+    # NaN into the results instead of failing.
+    factor = config_lib.positive_number(rescale, "rescale")
   for sketches in dataset.splits.values():
     for s in sketches:
       s[:, 0:2] *= factor

@@ -51,6 +51,8 @@ class Layout:
 
 def layout(global_batch: int, num_devices: int = 0) -> Layout:
   """This process's layout; `num_devices` = 0 uses every local device."""
+  if global_batch < 1:  # 0 and negative sizes divide over the devices but batch nothing
+    raise ValueError(f"batch_size must be at least 1, got {global_batch}")
   devices = jax.local_devices()
   if num_devices and jax.process_count() > 1 and num_devices != len(devices):
     raise ValueError("a multi-host run uses every local device of each host; drop num_devices")

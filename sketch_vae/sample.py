@@ -208,9 +208,13 @@ def lerp(z0, z1, t):
 
 
 def slerp(z0, z1, t):
-  """Spherical interpolation; falls back to lerp when z0 and z1 are (anti)parallel."""
+  """Spherical interpolation; falls back to lerp when z0 and z1 are (anti)parallel, or when
+  either is (about) zero, e.g. the prior mean, and so has no direction to turn from."""
   z0, z1 = np.asarray(z0, np.float64), np.asarray(z1, np.float64)
-  cos = np.dot(z0, z1) / (np.linalg.norm(z0) * np.linalg.norm(z1))
+  norm0, norm1 = np.linalg.norm(z0), np.linalg.norm(z1)
+  if min(norm0, norm1) < 1e-12:  # the cosine below would be 0 / 0 = NaN
+    return lerp(z0, z1, t)
+  cos = np.dot(z0, z1) / (norm0 * norm1)
   omega = np.arccos(np.clip(cos, -1.0, 1.0))
   if np.sin(omega) < 1e-6:
     return lerp(z0, z1, t)

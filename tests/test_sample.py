@@ -224,6 +224,18 @@ def test_slerp_keeps_the_norm_and_moves_uniformly_in_angle(tiny):
     sample.interpolate(z0, z1, 3, "cubic")
 
 
+def test_slerp_from_or_to_the_zero_latent_is_lerp(tiny):
+  # z = 0 (the prior mean) has no direction: the angle to it is 0 / 0.
+  spec, _ = tiny
+  zero, z1 = np.zeros(spec.z_size, np.float32), z_rows(1, spec, seed=7)[0]
+  for z_from, z_to in ((zero, z1), (z1, zero), (zero, zero), (zero, np.full_like(z1, 1e-14))):
+    path = sample.interpolate(z_from, z_to, 5, "slerp")
+    assert np.all(np.isfinite(path))
+    np.testing.assert_array_equal(path[0], z_from)
+    np.testing.assert_array_equal(path[-1], z_to)
+    np.testing.assert_array_equal(path, sample.interpolate(z_from, z_to, 5, "lerp"))
+
+
 def test_analogy_is_a_minus_b_plus_c(tiny):
   spec, _ = tiny
   a, b, c = z_rows(3, spec, seed=6)
@@ -417,6 +429,16 @@ def test_complete_launcher_keeps_the_prefix(workdirs, tmp_path, how, n_rows):
      "70 points, more than the model's N_max 60"),
     (interpolate, ["--workdir={vae}", "--index=1,2,3"], "exactly 2 input sketches"),
     (complete, ["--workdir={vae}", "--prefix_points=60"], "fewer than the model's N_max"),
+    (sample_launcher, ["--workdir={vae}", "--checkpoint=foo"],
+     "checkpoint must be best, latest or a step number, not 'foo'"),
+    (sample_launcher, ["--workdir={vae}", "--temperatures=0.5,nan"],
+     "--temperatures must be a finite number > 0, not 'nan'"),
+    (sample_launcher, ["--workdir={vae}", "--temperatures=inf"],
+     "--temperatures must be a finite number > 0, not 'inf'"),
+    (sample_launcher, ["--workdir={vae}", "--temperatures=0"],
+     "--temperatures must be a finite number > 0, not '0'"),
+    (sample_launcher, ["--workdir={vae}", "--temperatures=hot"],
+     "--temperatures must be a number > 0, not 'hot'"),
 ])
 def test_bad_input_is_one_clear_error(workdirs, tmp_path, module, args, message):
   vae, dec_only, _ = workdirs

@@ -202,11 +202,23 @@ def test_reconstruct_encodes_the_drawing_and_draws_it_anew(server):
 
 
 def test_interpolate_goes_from_a_to_b(server):
-  body = dict(model="sheep", strokes_a=DRAWING, strokes_b=DRAWING[:1], count=4, seed=5)
+  # At 0.1 the 4-step sheep draws some 20 points; at the default 0.4 it may end at once.
+  body = dict(model="sheep", strokes_a=DRAWING, strokes_b=DRAWING[:1], count=4, seed=1,
+              temperature=0.1)
   status, _, out = call(server, "POST", "/api/interpolate", body)
   assert status == 200, out
   assert [r["t"] for r in out["results"]] == pytest.approx([0, 1 / 3, 2 / 3, 1])
   assert len(out["given_a"]) == 2 and len(out["given_b"]) == 1
+  # References: from A to A every cell decodes z(A), and from B to B z(B), with the same
+  # shared key (same seed). The walk must start at the one and end at the other, and pass
+  # through something else: a walk that stayed at z(A), or jumped, would fail here.
+  only_a = call(server, "POST", "/api/interpolate", dict(body, strokes_b=DRAWING))[2]
+  only_b = call(server, "POST", "/api/interpolate", dict(body, strokes_a=DRAWING[:1]))[2]
+  walk = [r["strokes"] for r in out["results"]]
+  end_a, end_b = only_a["results"][0]["strokes"], only_b["results"][-1]["strokes"]
+  assert end_a != end_b  # z matters to the decoder, so the ends tell the endpoints apart
+  assert walk[0] == end_a and walk[-1] == end_b
+  assert any(cell not in (end_a, end_b) for cell in walk[1:-1])
 
 
 @pytest.mark.parametrize("model", ["sheep", "cat"])

@@ -12,6 +12,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from sketch_vae import checkpoint, config as config_lib, data, evaluation, keys, losses, model, parallel, train
@@ -159,6 +160,30 @@ def test_failed_start_leaves_no_run_files(sheep, tmp_path):
     train.fit(cfg, sheep, str(tmp_path), num_devices=1)
   assert not (tmp_path / "data_facts.json").exists()
   assert not (tmp_path / "config.json").exists()
+
+
+def test_checkpoints_with_the_earlier_optimizer_layout_still_load(sheep, tmp_path):
+  # Until 2026-11-25 the optimizer state ended with an optax schedule count.
+  cfg = tiny_config(num_steps=2, eval_every=100)
+  train.fit(cfg, sheep, str(tmp_path), num_devices=1)
+  template = train.create_state(cfg, jax.random.key(0))._asdict()
+  ck = checkpoint.Checkpoints(str(tmp_path))
+  _, state = ck.restore(template, "latest")
+  earlier = {**state, "opt_state": (*state["opt_state"],
+                                    optax.ScaleByScheduleState(count=jnp.asarray(2, jnp.int32)))}
+  ck.save_latest(3, earlier)
+  _, upgraded = ck.restore(template, "3")
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(upgraded)):
+    np.testing.assert_array_equal(a, b)
+  assert jax.tree.structure(upgraded) == jax.tree.structure(template)
+  broken = {**state, "params": {**state["params"], "extra": np.zeros(3, np.float32)}}
+  ck.save_latest(4, broken)
+  with pytest.raises(ValueError, match="step 4 does not match this model"):
+    ck.restore(template, "4")
+  ck.close()
+  _, _, params, step = checkpoint.load_model(str(tmp_path), "3")
+  assert step == 3
+  np.testing.assert_array_equal(params["decoder"]["out_w"], state["params"]["decoder"]["out_w"])
 
 
 @pytest.mark.parametrize("flag, match", [
