@@ -41,8 +41,9 @@ flags.DEFINE_enum("split", "test", list(data.SPLITS),
 flags.DEFINE_list("index", None, "Sketches of --split to use, e.g. 3,17 (default: the launcher's).")
 flags.DEFINE_multi_string(
     "input", None, "Read sketches from files instead of --data: PATH[:index], repeatable. PATH is "
-    "a sketch-rnn .npz (index into --split) or a Quick Draw .ndjson / .json (index = drawing "
-    "number from 0; simplified or raw, converted with RDP). Pixel units.")
+    "a sketch-rnn .npz (index into --split), a picture .npz written by these launchers (index "
+    "= drawn cell, row-major) or a Quick Draw .ndjson / .json (index = drawing number from 0; "
+    "simplified or raw, converted with RDP). Pixel units.")
 flags.DEFINE_float("input_scale", 1.0, "Multiply --input drawings' offsets by this first (for "
                    "drawings at another pixel scale than the training data).")
 flags.DEFINE_float("rdp_epsilon", 2.0, "RDP epsilon for Quick Draw --input drawings (pixels).")
@@ -149,6 +150,9 @@ def _read_file(spec: str) -> tuple[np.ndarray, str]:
     raise FileNotFoundError(f"--input {path}: no such file")
   label = f"{os.path.basename(path)}:{index}"
   if path.endswith(".npz"):
+    picture = _picture_strokes(path)
+    if picture is not None:  # a grid written by these launchers: its cells, row-major
+      return _pick(picture, int(index), f"{path} (a picture's strokes)"), label
     split = data.read_npz(path)[FLAGS.split]
     return _pick(split, int(index), f"{path} split '{FLAGS.split}'"), label
   drawings = list(quickdraw.iter_drawings(path))
@@ -156,6 +160,23 @@ def _read_file(spec: str) -> tuple[np.ndarray, str]:
   if isinstance(drawing, quickdraw.QuickDrawError):
     raise drawing
   return quickdraw.to_stroke3(drawing, epsilon=FLAGS.rdp_epsilon).astype(np.float32), label
+
+
+def _picture_strokes(path: str) -> Optional[list[np.ndarray]]:
+  """The cells of a picture's .npz (render_grid.save_sketches: `strokes` and `grid_index`),
+  or None for any other .npz. Its strokes are in pixels unless it was written with
+  --units=normalized."""
+  try:
+    npz = np.load(path, allow_pickle=True, encoding="latin1")
+  except Exception:  # noqa: BLE001  data.read_npz then says what is wrong with the file
+    return None
+  if not isinstance(npz, np.lib.npyio.NpzFile):
+    return None
+  with npz:
+    if not {"strokes", "grid_index"} <= set(npz.files):
+      return None
+    cells = list(npz["strokes"])
+  return [data.check_sketch(s, path, "strokes", i) for i, s in enumerate(cells)]
 
 
 def _normalise(strokes_Nx3: np.ndarray, scale: float, facts: data.DataFacts, label: str) -> Sketch:

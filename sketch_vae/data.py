@@ -63,7 +63,8 @@ class SplitReport:
 # Reading and checking .npz files.
 
 
-def _check_sketch(sketch, path: str, split: str, index: int) -> np.ndarray:
+def check_sketch(sketch, path: str, split: str, index: int) -> np.ndarray:
+  """One stroke-3 sketch as float32, or a DataError naming the file, key and index."""
   where = f"{path}: split '{split}', sketch {index}"
   try:
     arr = np.asarray(sketch)
@@ -120,7 +121,7 @@ def read_npz(path: str) -> dict[str, list[np.ndarray]]:
       elif raw.ndim != 1:
         raise DataError(f"{path}: split '{split}' should be a 1-d array of sketches, "
                         f"got shape {raw.shape}")
-      out[split] = [_check_sketch(s, path, split, i) for i, s in enumerate(raw)]
+      out[split] = [check_sketch(s, path, split, i) for i, s in enumerate(raw)]
   return out
 
 

@@ -61,6 +61,8 @@ class Reporter:
     for k in ("loss", "recon_loss", "kl_loss", "lr", "kl_weight", "sketches_per_sec"):
       if k in metrics:
         parts.append(f"{k} {float(metrics[k]):.4g}")
+    if metrics.get("skipped_steps"):
+      parts.append(f"skipped {int(metrics['skipped_steps'])} non-finite step(s)")
     print("  ".join(parts), file=self.console, flush=True)
 
   def say(self, text: str) -> None:

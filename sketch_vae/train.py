@@ -189,7 +189,10 @@ def fit(config: config_lib.Config, dataset: data_lib.Dataset, workdir: str, *,
                             f"{ckpts.latest_step()}). Use --on_nonfinite=skip to go on.")
     if is_log:
       elapsed = max(time.time() - window_start, 1e-9)
-      last = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+      # Skipped steps (on_nonfinite=skip) are counted, and left out of the means.
+      finite = [m for m in fetched if m["nonfinite"] == 0] or fetched
+      last = {k: float(np.mean([m[k] for m in finite])) for k in fetched[0]}
+      last["skipped_steps"] = float(len(bad))
       last["sketches_per_sec"] = len(fetched) * t.batch_size / elapsed
       reporter.write(done, "train", last)
       reporter.progress(done, t.num_steps, last)

@@ -378,6 +378,15 @@ def test_reconstruct_launcher_shows_the_input_in_pixels(workdirs, tmp_path):
   for row, index in enumerate([1, 3]):
     np.testing.assert_allclose(cells[row, 0], test_split[index], rtol=1e-5, atol=1e-4)
   assert stored["col_labels"].tolist() == ["input", "τ=0.2", "τ=0.2", "τ=0.8", "τ=0.8"]
+  # A picture's .npz is an --input too: its cells in row-major order, in pixels.
+  n = next(k for k, (_, col) in enumerate(stored["grid_index"])
+           if col > 0 and len(stored["strokes"][k]) > 0)
+  run(reconstruct, f"--workdir={vae}", f"--output_dir={tmp_path / 'again'}", "--num=1",
+      f"--input={tmp_path / 'reconstruct.npz'}:{n}", "--cell=48")
+  again = np.load(tmp_path / "again" / "reconstruct.npz", allow_pickle=True)
+  shown = dict(zip(map(tuple, again["grid_index"]), again["strokes"]))[0, 0]
+  np.testing.assert_allclose(shown, stored["strokes"][n], rtol=1e-5, atol=1e-4)
+  assert again["row_labels"].tolist()[0].startswith(f"reconstruct.npz:{n}")
 
 
 def test_interpolate_launcher(workdirs, tmp_path):

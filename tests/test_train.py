@@ -1,6 +1,7 @@
 """Training: pmap == single device, multi-process == single process, resume == uninterrupted,
 artefacts, falling loss, non-finite handling, evaluation."""
 import dataclasses
+import io
 import json
 import os
 import pathlib
@@ -15,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from sketch_vae import checkpoint, config as config_lib, data, evaluation, keys, losses, model, parallel, train
+from sketch_vae import checkpoint, config as config_lib, data, evaluation, keys, losses, model, parallel, reporting, train
 from conftest import BUNDLED, REPO
 
 SHEEP = str(BUNDLED / "aaron_sheep.npz")
@@ -128,6 +129,31 @@ def test_fit_stops_on_nonfinite_naming_the_step(sheep, tmp_path, log_every):
   ck = checkpoint.Checkpoints(str(tmp_path), writer=False)
   assert ck.latest_step() == 2  # saved before the bad step, nothing after it
   _, restored = ck.restore(train.create_state(cfg, jax.random.key(0))._asdict(), "latest")
+  assert all(bool(np.all(np.isfinite(l))) for l in jax.tree.leaves(restored))
+
+
+def test_fit_skips_a_nonfinite_step_and_says_so(sheep, tmp_path):
+  cfg = tiny_config(num_steps=4, log_every=4, save_every=4, eval_every=100,
+                    on_nonfinite="skip")
+  bad = data.Dataset(splits={k: list(v) for k, v in sheep.splits.items()}, facts=sheep.facts,
+                     report=sheep.report, sources=sheep.sources)
+  b = data.Batcher(bad.splits["train"], data.BatchSpec(8, sheep.facts.max_seq_len), seed=0)
+  victim = int(b.train_indices(2)[0])
+  poisoned = bad.splits["train"][victim].copy()
+  poisoned[1, 1] = np.nan
+  bad.splits["train"][victim] = poisoned
+  console = io.StringIO()
+  train.fit(cfg, bad, str(tmp_path), num_devices=1,
+            reporter=reporting.Reporter(str(tmp_path), console=console))
+  logged = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  line = [e for e in logged if e["split"] == "train"][-1]
+  assert line["step"] == 4 and line["skipped_steps"] == 1.0
+  assert np.isfinite(line["loss"])  # the mean of the three applied steps
+  assert "skipped 1 non-finite step(s)" in console.getvalue()
+  ck = checkpoint.Checkpoints(str(tmp_path), writer=False)
+  _, restored = ck.restore(train.create_state(cfg, jax.random.key(0))._asdict(), "latest")
+  assert int(restored["step"]) == 4
+  assert int(restored["opt_state"][1].count) == 3  # three updates applied
   assert all(bool(np.all(np.isfinite(l))) for l in jax.tree.leaves(restored))
 
 
