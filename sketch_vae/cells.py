@@ -50,6 +50,9 @@ class Cell(NamedTuple):
   #   step_projected(p, c, xp, k) == step_split(p, c, xp, c.h @ recurrent_kernel(p), k)
   recurrent_kernel: Optional[Callable[[Params], Any]] = None
   step_split: Optional[Callable[..., tuple]] = None
+  # False: nothing of this cell's unroll runs the C++ kernels (split_scan's packed
+  # product included), so the cell is a pure-XLA reference.
+  cpu_kernels: bool = True
 
 
 class LSTMCarry(NamedTuple):
@@ -246,7 +249,7 @@ def lstm(hidden_size: int, *, forget_bias: float = 1.0, dropout_keep: float = 0.
     scan = functools.partial(fused_lstm.scan, keep=dropout_keep, forget_bias=forget_bias,
                              matmul_dtype=matmul_dtype, use_kernels=cpu_kernels)
   return Cell("lstm", H, init, _zeros_carry(H), _compose_step(input_kernel, step_projected, matmul_dtype),
-              input_kernel, step_projected, scan, recurrent_kernel, step_split)
+              input_kernel, step_projected, scan, recurrent_kernel, step_split, cpu_kernels)
 
 
 # ----------------------------------------------------------------------------
@@ -284,7 +287,7 @@ def layer_norm_lstm(hidden_size: int, *, forget_bias: float = 1.0, dropout_keep:
   step_projected = _projected_from_split(recurrent_kernel, step_split, matmul_dtype)
   return Cell("layer_norm", H, init, _zeros_carry(H),
               _compose_step(input_kernel, step_projected, matmul_dtype), input_kernel, step_projected,
-              None, recurrent_kernel, step_split)
+              None, recurrent_kernel, step_split, cpu_kernels)
 
 
 # ----------------------------------------------------------------------------
@@ -378,7 +381,7 @@ def hyper_lstm(hidden_size: int, *, hyper_num_units: int = 256, hyper_embedding_
 
   step_projected = _projected_from_split(recurrent_kernel, step_split, matmul_dtype)
   return Cell("hyper", H, init, initial_carry, _compose_step(input_kernel, step_projected, matmul_dtype),
-              input_kernel, step_projected, None, recurrent_kernel, step_split)
+              input_kernel, step_projected, None, recurrent_kernel, step_split, cpu_kernels)
 
 
 CELLS: dict[str, Callable[..., Cell]] = {

@@ -36,6 +36,8 @@ def unroll(cell: cells_lib.Cell, params, carry, xs_TxBxI, *, static_BxJ=None,
   the held h).
   """
   T, I = xs_TxBxI.shape[0], xs_TxBxI.shape[-1]
+  if T == 0:  # nothing to run (the custom backward passes assume at least one step)
+    return carry, jnp.zeros(xs_TxBxI.shape[:-1] + (cell.hidden_size,), jnp.float32)
   w_x, b = cell.input_kernel(params)
   xp_static = b
   if static_BxJ is not None:

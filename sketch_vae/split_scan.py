@@ -57,9 +57,10 @@ def _product(w, matmul_dtype, use_packed):
   return lambda h: _dot(h, w, matmul_dtype)
 
 
-def _per_platform(impl, matmul_dtype, *args):
-  """impl(*args, use_packed=...) with the packed product on CPU when the kernels build."""
-  if not packed.usable(matmul_dtype):
+def _per_platform(impl, cell, matmul_dtype, *args):
+  """impl(*args, use_packed=...) with the packed product on CPU when the kernels build
+  (and the cell allows them)."""
+  if not packed.usable(matmul_dtype, cell.cpu_kernels):
     return impl(*args, use_packed=False)
   return jax.lax.platform_dependent(*args, cpu=functools.partial(impl, use_packed=True),
                                     default=functools.partial(impl, use_packed=False))
@@ -67,7 +68,7 @@ def _per_platform(impl, matmul_dtype, *args):
 
 def _forward(cell, matmul_dtype, params, carry0, x, xp_static, live, step_keys):
   impl = functools.partial(_forward_impl, cell, matmul_dtype)
-  return _per_platform(impl, matmul_dtype, params, carry0, x, xp_static, live, step_keys)
+  return _per_platform(impl, cell, matmul_dtype, params, carry0, x, xp_static, live, step_keys)
 
 
 def _forward_impl(cell, matmul_dtype, params, carry0, x, xp_static, live, step_keys, *, use_packed):
@@ -94,7 +95,7 @@ def _recurrence_fwd(cell, matmul_dtype, params, carry0, x, xp_static, live, step
 
 def _recurrence_bwd(cell, matmul_dtype, residuals, cotangents):
   impl = functools.partial(_backward_impl, cell, matmul_dtype)
-  return _per_platform(impl, matmul_dtype, residuals, cotangents)
+  return _per_platform(impl, cell, matmul_dtype, residuals, cotangents)
 
 
 def _backward_impl(cell, matmul_dtype, residuals, cotangents, *, use_packed):

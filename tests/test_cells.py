@@ -214,6 +214,35 @@ def test_contract_gradients_finite_and_nonzero(name):
   assert sum(float(jnp.abs(g).sum()) > 0 for g in leaves) >= len(leaves) - 1
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_contract_empty_sequence_holds_the_carry(name):
+  cell = make(name)
+  params = random_params(cell, jax.random.key(0))
+  carry = random_carry(cell, jax.random.key(1))
+  weight = jax.random.normal(jax.random.key(3), carry.c.shape)
+
+  def loss(p, c):
+    final, hs = rnn.unroll(cell, p, c, jnp.zeros((0, B, I)), dropout_key=jax.random.key(5))
+    assert hs.shape == (0, B, cell.hidden_size)
+    return jnp.sum(final.c * weight)
+
+  d_params, d_carry = jax.grad(loss, argnums=(0, 1))(params, carry)
+  np.testing.assert_array_equal(d_carry.c, weight)  # the final carry is the initial one
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(d_params))
+
+
+@pytest.mark.parametrize("name", ["lstm", "layer_norm", "hyper"])
+def test_cpu_kernels_off_means_no_cpp_at_all(name):
+  # The reference path users compare against: not even split_scan's packed product.
+  options = {"fused": False} if name == "lstm" else {}
+  cell = make(name, cpu_kernels=False, **options)
+  params = cell.init(jax.random.key(0), 5)
+  carry = cell.initial_carry((2,))
+  loss = lambda p: jnp.sum(rnn.unroll(cell, p, carry, jnp.ones((3, 2, 5)))[1])
+  hlo = jax.jit(jax.grad(loss)).lower(params).as_text()
+  assert "sketch_vae_" not in hlo
+
+
 def test_unknown_cell_name_is_clear():
   with pytest.raises(ValueError, match="unknown cell 'gru'"):
     cells.make("gru", 8)

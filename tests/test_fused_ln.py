@@ -1,6 +1,9 @@
 """The layer-norm LSTM update kernel (fused_ln) equals the jnp equations of cells.py, in
 values and gradients, and the layer-norm and HyperLSTM cells unroll to the same numbers
 with and without it."""
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,3 +117,25 @@ def test_cells_unroll_the_same_with_and_without_the_kernel(name):
     return jnp.sum(jnp.sin(hs)) + jnp.sum(final.c ** 2), hs
 
   assert_same_outputs_and_grads(loss, params, fast, plain, out_tol=(1e-5, 2e-6), grad_tol=(3e-4, 3e-5))
+
+
+def test_update_works_as_the_first_kernel_call_of_a_process():
+  # fused_ln.update builds and registers the kernels itself (it used to rely on a
+  # cell having called fused_lstm.cpu_kernels_available() first).
+  code = """
+import jax.numpy as jnp, numpy as np
+from sketch_vae import cells, fused_ln
+H, R = 4, 2
+rng = np.random.default_rng(0)
+xh, hh = (jnp.asarray(rng.normal(size=(R, 4 * H)), jnp.float32) for _ in range(2))
+c = jnp.asarray(rng.normal(size=(R, H)), jnp.float32)
+args = (xh, hh, None, jnp.zeros(4 * H), jnp.ones(4 * H), jnp.zeros(4 * H), jnp.ones(H),
+        jnp.zeros(H), c, None)
+got = fused_ln.update(*args, keep=1.0, forget_bias=1.0)
+want = cells.ln_lstm_update(*args, keep=1.0, forget_bias=1.0)
+for a, b in zip(got, want):
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+print("same")
+"""
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and out.stdout.strip() == "same", out.stderr[-2000:]
