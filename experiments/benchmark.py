@@ -2,7 +2,8 @@ r"""Speed: `python -m experiments.benchmark --config=A|B|C --what=train|sample [
 
 Prints, after warm-up and over several repeats, median and min seconds per
 training step, sketches per second, the step's matrix-product FLOPs, the
-achieved GFLOP/s, this run's measured float32 matmul peak and the ratio; for
+achieved GFLOP/s, this run's measured float32 matmul peak and the ratio (also for
+the products that run: the CPU kernels skip the encoder's ended rows); for
 sampling, sketches per second for a batch, for one sketch and for a host loop shaped
 like the original's sampler, on the config's untrained model forced to full length and
 on a bundled pretrained decoder whose sketches end at their own lengths.

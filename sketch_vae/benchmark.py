@@ -68,11 +68,19 @@ def _time(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
   return times
 
 
-def matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 10) -> float:
-  """Measured GFLOP/s of a large square matmul on the default device (best of `repeats`)."""
+def matmul_peak(n: int | None = None, dtype=jnp.float32, repeats: int = 10) -> float:
+  """Measured GFLOP/s of a large square matmul on the default device (best of `repeats`).
+
+  n = 2048 on CPU (about 50 ms a product on 2 cores), 8192 elsewhere (a GPU does a
+  2048^3 product in about 0.1 ms, where launch overhead would dominate). Float32 runs
+  at "highest" precision: JAX's default lets NVIDIA GPUs use TF32 for float32 products,
+  which is not a float32 peak (the model's own float32 steps do use the default).
+  """
+  n = n or (2048 if jax.default_backend() == "cpu" else 8192)
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-  f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+  precision = "highest" if dtype == jnp.float32 else None
+  f = jax.jit(lambda a, b: jnp.dot(a, b, precision=precision, preferred_element_type=jnp.float32))
   best = min(_time(lambda: f(a, b), 2, repeats))
   return 2 * n ** 3 / best / 1e9
 
@@ -88,6 +96,27 @@ def device_memory_mb():
   return None if peak is None else peak / 2 ** 20
 
 
+def encoder_skipped_gflop(config: config_lib.Config, batch: dict) -> float:
+  """Counted matmul GFLOP that the CPU kernels do not do: the LSTM encoder's sequence
+  kernel skips rows whose sketch has ended (fused_lstm.py), so of its recurrence's
+  products (forward and backward) only the fraction sum(lengths) / (B * T) runs,
+  up to the rounding of rows to the micro-kernel's block. 0 where nothing is skipped
+  (other encoder cells, kernels off, or not on CPU)."""
+  from sketch_vae import fused_lstm, rnn  # late: fused_lstm compiles C++ on first use
+  spec = config.model
+  if not (spec.enc_model == "lstm" and spec.fused_lstm and jax.default_backend() == "cpu"
+          and fused_lstm.cpu_kernels_available()):
+    return 0.0
+  params = model.init(spec, jax.random.key(0))["encoder"]["rnn"]
+  xs = jnp.swapaxes(jnp.asarray(batch["strokes"])[:, 1:], 0, 1)
+  lengths = jnp.asarray(batch["lengths"])
+  recurrence = lambda p: jnp.sum(rnn.bidirectional_final(spec.enc_cell, p, xs, lengths,
+                                                         matmul_dtype=spec.dtype))
+  counted = flops_lib.matmul_flops(jax.grad(recurrence), params) / 1e9
+  live = float(np.sum(batch["lengths"])) / (len(batch["lengths"]) * (batch["strokes"].shape[1] - 1))
+  return counted * (1.0 - live)
+
+
 def bench_train(config: config_lib.Config, *, warmup=2, repeats=5, num_devices=1) -> dict:
   """Seconds per pmapped training step on a synthetic batch (donated state, no host sync
   inside the timed region except the final block)."""
@@ -96,6 +125,7 @@ def bench_train(config: config_lib.Config, *, warmup=2, repeats=5, num_devices=1
   state = train.create_state(config, jax.random.key(0))
   step_fn = lambda s, b: train.train_step(config, s, b, jax.random.key(1))
   gflop = flops_lib.matmul_flops(step_fn, state, batch) / 1e9
+  executed = gflop - encoder_skipped_gflop(config, batch)
   lay = parallel.layout(t.batch_size, num_devices)
   p_step = parallel.pmap(lambda s, b, k: train.train_step(config, s, b, k, axis_name=parallel.AXIS), lay)
   box = {"state": parallel.replicate(state, lay)}
@@ -121,6 +151,9 @@ def bench_train(config: config_lib.Config, *, warmup=2, repeats=5, num_devices=1
          "compile_s": compile_s, "sketches_per_sec": t.batch_size / med, "matmul_gflop": gflop,
          "achieved_gflops": gflop / med, "fp32_matmul_peak_gflops": peak,
          "ratio_to_fp32_peak": gflop / med / peak, "floor_s_at_fp32_peak": gflop / peak,
+         # The same for the products that run (padding the kernels skip left out).
+         "executed_matmul_gflop": executed, "achieved_gflops_executed": executed / med,
+         "ratio_executed_to_fp32_peak": executed / med / peak,
          "peak_host_memory_mb": peak_host_memory_mb(), "peak_device_memory_mb": device_memory_mb(),
          "heap_reserved_mb": reserved / 2 ** 20}
   if config.model.matmul_dtype == "bfloat16":

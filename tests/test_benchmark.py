@@ -29,6 +29,25 @@ def run_benchmark(*args, reuse="off", devices=1) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def config_a_gflop(B, T, He=256, Hd=512, Z=128, Y=123, I=5):
+  """Config A's matmul GFLOP per training step, by hand -> (total, encoder recurrence).
+
+  Encoder, per direction and step: the product [B, I + He] x [I + He, 4He] forward,
+  dh = dg W_h^T and the weight gradient [I + He, B] x [B, 4He] backward. Decoder the same
+  with K = I + Hd (z is projected once per sequence). Forward, input- and weight-gradient
+  products once each for the z projection, the initial state, mu / sigma and the head.
+  """
+  enc = 2 * T * 2 * B * 4 * He * (2 * (I + He) + He)
+  dec = T * 2 * B * 4 * Hd * (2 * (I + Hd) + Hd)
+  once = 3 * 2 * B * (Z * 4 * Hd + Z * 2 * Hd + 2 * 2 * He * Z)
+  head = 3 * 2 * B * T * Hd * Y
+  return (enc + dec + once + head) / 1e9, enc / 1e9
+
+
+def test_config_a_count_by_hand():
+  assert config_a_gflop(100, 250)[0] == pytest.approx(247.7385728, rel=1e-12)  # BUILD_NOTES
+
+
 @pytest.mark.parametrize("reuse,devices", [("off", 1), ("on", 1), ("on", 2)])
 def test_train_report_is_consistent_and_counts_the_steps_flops(reuse, devices):
   # Two fake CPU devices: the ahead-compiled pmapped step and the reserve work there too.
@@ -41,6 +60,13 @@ def test_train_report_is_consistent_and_counts_the_steps_flops(reuse, devices):
   want = flops.matmul_flops(lambda s, b: train.train_step(config, s, b, jax.random.key(1)),
                             state, batch) / 1e9
   assert r["matmul_gflop"] == pytest.approx(want, rel=1e-9)
+  total, encoder = config_a_gflop(4, 20)
+  assert r["matmul_gflop"] == pytest.approx(total, rel=1e-9)
+  # The CPU kernel runs the encoder's products for live rows only.
+  live = batch["lengths"].sum() / (4 * 20)
+  assert r["executed_matmul_gflop"] == pytest.approx(total - encoder * (1 - live), rel=1e-9)
+  assert r["ratio_executed_to_fp32_peak"] == pytest.approx(
+      r["executed_matmul_gflop"] / r["median_s"] / r["fp32_matmul_peak_gflops"])
   assert len(r["times_s"]) == 3 and r["min_s"] == min(r["times_s"])
   assert r["median_s"] == pytest.approx(float(np.median(r["times_s"])))
   assert r["sketches_per_sec"] == pytest.approx(4 / r["median_s"])
