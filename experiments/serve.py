@@ -15,16 +15,19 @@ canvas.py say what each field means and how drawings are converted.
 Safety, as this listens on a socket: requests choose models by id from those
 loaded at start and pages from a fixed list read at start, so no request reads
 or writes a file; every bad request gets a 4xx with a JSON {"error": ...};
-bodies must be application/json with a Content-Length of at most 256 KB, read
-within --request_timeout seconds (so a body shorter than its Content-Length
-cannot hold a thread); on a loopback address, a Host header naming another
-machine is refused (DNS rebinding). Each request runs in its own daemon thread:
-the compiled sampler releases the GIL, so the page stays answered while a
-model samples. --workdir and --checkpoint are common.py's flags.
+bodies must be application/json with a Content-Length of at most 256 KB; the
+request line, headers and body must all arrive within --request_timeout seconds
+of the connection, one deadline rather than one per packet (so a client that
+trickles its request, or sends a body shorter than its Content-Length, cannot
+hold a thread: it gets a 408); on a loopback address, a Host header naming
+another machine is refused (DNS rebinding). Each request runs in its own daemon
+thread: the compiled sampler releases the GIL, so the page stays answered while
+a model samples. --workdir and --checkpoint are common.py's flags.
 """
 from __future__ import annotations
 
 import http.server
+import io
 import ipaddress
 import json
 import os
@@ -51,7 +54,8 @@ flags.DEFINE_string("host", "127.0.0.1", "Address to listen on; 127.0.0.1 keeps 
 flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port).")
 flags.DEFINE_string("cache_dir", None, "Where bundled models are imported as workdirs "
                     "(default ~/.cache/sketch_vae/models).")
-flags.DEFINE_float("request_timeout", 10.0, "Seconds a client gets to send its request.")
+flags.DEFINE_float("request_timeout", 10.0, "Seconds a client gets, from connecting, to send "
+                   "its whole request: request line, headers and body.")
 flags.DEFINE_bool("log_requests", True, "Print one line per request.")
 FLAGS = flags.FLAGS
 
@@ -64,6 +68,10 @@ POST_API = {f"/api/{name}": name for name in serving.ENDPOINTS}
 CSP = ("default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
        "form-action 'none'; frame-ancestors 'none'")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+# The lingering close after a refused body (Handler.finish): long enough for a client to read
+# our answer, bounded in time as well as bytes so that a trickling client cannot keep it going.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 4 * 1024 * 1024
 
 
 class HttpError(Exception):
@@ -96,6 +104,33 @@ def _is_loopback(host: str) -> bool:
     return False
 
 
+class _DeadlineReader(io.RawIOBase):
+  """The socket's receiving side against one deadline for the whole request. A socket
+  timeout bounds each receive only, so a client sending a byte or a header line just
+  inside it could keep a thread forever; here each receive waits only for what is left."""
+
+  def __init__(self, sock: socket.socket, deadline: float):
+    super().__init__()
+    self.sock, self.deadline = sock, deadline
+    self.received, self.timed_out = 0, False
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    left = self.deadline - time.monotonic()
+    try:
+      if left <= 0:
+        raise TimeoutError("the request did not arrive in time")
+      self.sock.settimeout(left)
+      count = self.sock.recv_into(buffer)
+    except TimeoutError:
+      self.timed_out = True  # Handler.handle_one_request answers 408 for the headers
+      raise
+    self.received += count
+    return count
+
+
 class Server(http.server.ThreadingHTTPServer):
   """A threading HTTP server holding the service; one daemon thread per request."""
   daemon_threads = True
@@ -120,10 +155,29 @@ class Handler(http.server.BaseHTTPRequestHandler):
   server_version = "sketch_vae-serve"
   unread_body = 0  # bytes a client announced that were never read (see finish)
   linger = False  # close as finish says: the client may still be sending
+  answered = False  # a response was begun: a later timeout must not start another
 
   def setup(self):
     self.timeout = self.server.request_timeout  # StreamRequestHandler applies it to the socket
     super().setup()
+    # setup runs as the connection's thread starts, just after accept: the whole request
+    # (request line, headers, body) is read against this one deadline.
+    self.rfile.close()  # the plain socket file, replaced before anything is read from it
+    self.reader = _DeadlineReader(self.connection, time.monotonic() + self.server.request_timeout)
+    self.rfile = io.BufferedReader(self.reader)
+
+  def handle_one_request(self):
+    """http.server closes a connection whose request line or headers time out without a
+    word; a client that sent part of a request gets a 408 instead, as the README promises
+    slow clients. One that sent nothing (e.g. a browser's unused preconnection) is closed."""
+    # What _send and the request log read, should the request line never arrive.
+    self.command, self.requestline, self.request_version = "", "", "HTTP/0.9"
+    super().handle_one_request()
+    if self.reader.timed_out and self.reader.received and not self.answered:
+      self.linger = True  # it may still be trickling its headers
+      self._send(408, _error_json(
+          f"the request line and headers did not arrive within "
+          f"{self.server.request_timeout:g} s"), "application/json", {})
 
   def __getattr__(self, name):
     """Any other method (PUT, DELETE, OPTIONS, BREW...) gets a 405, where
@@ -183,7 +237,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     return name.lower() in LOOPBACK_NAMES
 
   def _read_body(self) -> bytes:
-    """The body, checked before it is read; read against one deadline, not per packet."""
+    """The body, checked before it is read; read against the request's deadline (the
+    reader's), so headers and body together get --request_timeout, not each packet."""
     ctype = self.headers.get("Content-Type", "")
     length = self.headers.get("Content-Length")
     if ctype.split(";")[0].strip().lower() != "application/json":
@@ -198,18 +253,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
     if size > limit:
       shown = size if size < 10**15 else "over 10^15"
       raise HttpError(413, f"the body is {shown} bytes; at most {limit} are accepted")
-    deadline, chunks, got = time.monotonic() + self.server.request_timeout, [], 0
+    chunks, got = [], 0
     while got < size:
-      left = deadline - time.monotonic()
       try:
-        if left <= 0:
-          raise TimeoutError
-        self.connection.settimeout(left)
         chunk = self.rfile.read1(size - got)
-      except (TimeoutError, socket.timeout):
+      except TimeoutError:
         self.unread_body = 0
         raise HttpError(408, f"the body stopped after {got} of its {size} bytes "
-                        f"(Content-Length); waited {self.server.request_timeout:g} s") from None
+                        f"(Content-Length); the whole request must arrive within "
+                        f"{self.server.request_timeout:g} s") from None
       if not chunk:
         self.unread_body = 0
         raise HttpError(400, f"the body ended after {got} of its {size} bytes (Content-Length)")
@@ -219,7 +271,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     return b"".join(chunks)
 
   def _send(self, status: int, body: bytes, ctype: str, headers: dict) -> None:
-    self.close_connection = True
+    self.close_connection, self.answered = True, True
+    # The deadline is for what the client sends; the last read left the socket with what
+    # remained of it, maybe nothing, so writing gets the whole timeout again, per send.
+    self.connection.settimeout(self.server.request_timeout)
     if self.request_version == "HTTP/0.9":  # a request line http.server could not parse:
       self.request_version = "HTTP/1.0"  # answer with a status line all the same
     try:
@@ -235,8 +290,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
       self.end_headers()
       if self.command != "HEAD":
         self.wfile.write(body)
-    except (BrokenPipeError, ConnectionResetError):
-      pass  # the client has gone
+    except (BrokenPipeError, ConnectionResetError, TimeoutError):
+      pass  # the client has gone, or stopped reading for request_timeout
 
   def send_error(self, code, message=None, explain=None):
     """http.server's own errors (a malformed request line, headers too long) as JSON;
@@ -248,14 +303,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
   def finish(self):
     """Lingering close: a client whose body was refused unread (413, 415...) is still
-    sending it; closing now would reset the connection and could lose our answer."""
+    sending it; closing now would reset the connection and could lose our answer. It ends
+    at the client's close, 1 s of silence, LINGER_BYTES or LINGER_SECONDS, whichever
+    comes first: a per-receive timeout alone would let a byte every 0.9 s hold the thread."""
     if self.unread_body or self.linger:
       try:
         self.wfile.flush()
         self.connection.shutdown(socket.SHUT_WR)
-        self.connection.settimeout(1.0)
-        left = 4 * 1024 * 1024
+        stop, left = time.monotonic() + LINGER_SECONDS, LINGER_BYTES
         while left > 0:
+          wait = stop - time.monotonic()
+          if wait <= 0:
+            break
+          self.connection.settimeout(min(1.0, wait))
           chunk = self.connection.recv(min(left, 65536))
           if not chunk:
             break

@@ -168,6 +168,23 @@ def check_shapes(kind: str, shapes, where: str) -> dict:
 # Reading.
 
 
+# N_max of the models this reads: the released ones use 100-250; a larger value would be
+# a broken file (the sampler allocates [count, N_max, 5] arrays).
+MAX_SEQ_LEN = 10_000
+
+
+def _finite(x) -> bool:
+  try:
+    return math.isfinite(x)
+  except OverflowError:  # an int too large for a float
+    return False
+
+
+def _short(value) -> str:
+  text = repr(value)
+  return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _check_info(info, where: str) -> str:
   """Validates the info record; returns the kind, "gen" or "vae"."""
   if not isinstance(info, dict):
@@ -183,11 +200,13 @@ def _check_info(info, where: str) -> str:
   if isinstance(version, bool) or version not in KNOWN_VERSIONS:
     raise BrowserModelError(f"{where}: unknown version {version!r}; known: {list(KNOWN_VERSIONS)}")
   n, scale = info["max_seq_len"], info["scale_factor"]
-  if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-    raise BrowserModelError(f"{where}: max_seq_len should be a positive integer, got {n!r}")
+  if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SEQ_LEN:
+    raise BrowserModelError(f"{where}: max_seq_len should be an integer from 1 to {MAX_SEQ_LEN}, "
+                            f"got {_short(n)}")
   if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
-      math.isfinite(scale) and scale > 0):
-    raise BrowserModelError(f"{where}: scale_factor should be a positive number, got {scale!r}")
+      _finite(scale) and scale > 0):
+    raise BrowserModelError(f"{where}: scale_factor should be a positive number, got "
+                            f"{_short(scale)}")
   return MODES[mode]
 
 
@@ -253,6 +272,10 @@ def read(path: str) -> BrowserModel:
   except json.JSONDecodeError as e:
     raise BrowserModelError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column "
                             f"{e.colno}; a truncated download?)") from None
+  except RecursionError:
+    raise BrowserModelError(f"{path}: JSON nested too deeply to be a model file") from None
+  except ValueError as e:  # e.g. an integer longer than Python's digit limit
+    raise BrowserModelError(f"{path}: not readable as a model file ({str(e)[:200]})") from None
   return parse(obj, path)
 
 

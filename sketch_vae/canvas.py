@@ -57,7 +57,9 @@ class Limits:
   coord_limit: float = 10_000.0  # |x|, |y| in canvas px
   max_count: int = 10  # endings / samples / interpolation steps: the compiled batch size
   temperature: tuple[float, float] = (0.01, 2.0)
-  scale: tuple[float, float] = (0.05, 20.0)
+  # Drawing scale as a multiple of the model's default (default_scale): a fixed range
+  # would refuse the default itself for models with small or large scale factors.
+  scale_multiple: tuple[float, float] = (1 / 16, 16.0)
 
 
 def default_scale(scale_factor: float) -> float:

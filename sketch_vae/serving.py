@@ -123,10 +123,13 @@ class Service:
 
   def describe(self) -> dict:
     lim = self.limits
-    return {"models": [m.describe() for m in self.models.values()], "default": self.default,
+    models = [dict(m.describe(), scale_range=list(self._scale_range(m)))
+              for m in self.models.values()]
+    return {"models": models, "default": self.default,
             "canvas_size": canvas.CANVAS_SIZE, "rdp_epsilon": canvas.RDP_EPSILON,
             "limits": {"max_count": lim.max_count, "temperature": list(lim.temperature),
-                       "scale": list(lim.scale), "max_raw_points": lim.max_raw_points,
+                       "scale_multiple": list(lim.scale_multiple),
+                       "max_raw_points": lim.max_raw_points,
                        "max_body_bytes": lim.max_body_bytes}}
 
   def complete(self, body) -> dict:
@@ -206,8 +209,12 @@ class Service:
     return _Request(
         model, canvas.number(body, "temperature", DEFAULT_TEMPERATURE, *lim.temperature),
         canvas.integer(body, "count", max(default_count, min_count), min_count, lim.max_count),
-        canvas.number(body, "scale", model.default_scale(), *lim.scale),
+        canvas.number(body, "scale", model.default_scale(), *self._scale_range(model)),
         canvas.integer(body, "seed", secrets.randbelow(2**31), 0, 2**31 - 1))
+
+  def _scale_range(self, m: ServedModel) -> tuple[float, float]:
+    low, high = self.limits.scale_multiple
+    return m.default_scale() * low, m.default_scale() * high
 
   def _model_drawing(self, body, name: str, r: _Request, room: int = 0):
     """The drawing in model units; it must leave `room` rows of N_max for the model."""

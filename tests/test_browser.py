@@ -265,6 +265,10 @@ def _broken(kind):
     return [dict(info, version=99), shapes, blobs]
   if kind == "scale":
     return [dict(info, scale_factor=-1), shapes, blobs]
+  if kind == "scale_huge_int":
+    return [dict(info, scale_factor=10 ** 400), shapes, blobs]
+  if kind == "max_seq_len_huge":
+    return [dict(info, max_seq_len=10 ** 12), shapes, blobs]
   if kind == "shape_of_file":
     return {"info": info}
   raise KeyError(kind)
@@ -281,11 +285,25 @@ def _broken(kind):
     ("vae_mode_gen_blobs", r"VAE model has 17 weight blobs, this one has 5 \(.*decoder-only"),
     ("version", "unknown version 99"),
     ("scale", "scale_factor should be a positive number"),
+    ("scale_huge_int", r"scale_factor should be a positive number, got 1000.*\.\.\."),
+    ("max_seq_len_huge", "max_seq_len should be an integer from 1 to 10000, got 1000000000000"),
     ("shape_of_file", r"expected a JSON array \[info, shapes, weights\]"),
 ])
 def test_bad_files_are_clear_errors_naming_the_file(tmp_path, kind, message):
   path = tmp_path / f"{kind}.json"
   path.write_text(json.dumps(_broken(kind)))
+  with pytest.raises(browser.BrowserModelError, match=message) as e:
+    browser.read(str(path))
+  assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 200_000, "nested too deeply"),
+    ('[{"scale_factor": ' + "9" * 5000 + "}]", "not readable as a model file"),
+])
+def test_unparseable_json_is_a_clear_error(tmp_path, text, message):
+  path = tmp_path / "odd.gen.json"
+  path.write_text(text)
   with pytest.raises(browser.BrowserModelError, match=message) as e:
     browser.read(str(path))
   assert str(path) in str(e.value)

@@ -4,9 +4,11 @@ request answered while another one samples.
 Served: a tiny VAE trained for 4 steps on a few sheep (its drawings are scribbles; what is
 tested is where they start and how the server behaves) and the bundled decoder-only cat,
 imported into a temporary cache. experiments.serve.Server runs in a background thread on a
-free port, with a 1 s request timeout so the slow-client tests are quick.
+free port, with a 1 s request timeout so the slow-client tests are quick (and one with 2 s
+where a test needs room inside the timeout).
 """
 import builtins
+import dataclasses
 import http.client
 import json
 import os
@@ -31,6 +33,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 MAX_LEN = 40
 TINY = dict(enc_rnn_size=16, dec_rnn_size=32, z_size=8, num_mixture=3)
 REQUEST_TIMEOUT = 1.0
+PATIENT_TIMEOUT = 2.0
 # A closed loop and a short stroke, in canvas px: it simplifies to well under MAX_LEN points
 # at both models' default scales.
 ANGLES = np.linspace(0.0, 2 * np.pi, 61)
@@ -69,14 +72,23 @@ def service(sheep_workdir, tmp_path_factory):
   return service
 
 
-@pytest.fixture(scope="session")
-def server(service):
-  srv = serve.Server(("127.0.0.1", 0), service, request_timeout=REQUEST_TIMEOUT)
+def running_server(service, request_timeout):
+  srv = serve.Server(("127.0.0.1", 0), service, request_timeout=request_timeout)
   thread = threading.Thread(target=srv.serve_forever, daemon=True)
   thread.start()
   yield srv
   srv.shutdown()
   srv.server_close()
+
+
+@pytest.fixture(scope="session")
+def server(service):
+  yield from running_server(service, REQUEST_TIMEOUT)
+
+
+@pytest.fixture
+def patient_server(service):
+  yield from running_server(service, PATIENT_TIMEOUT)
 
 
 def call(server, method, path, body=None, *, raw=None, headers=None):
@@ -108,6 +120,30 @@ def exchange(server, request: bytes, wait: float = 10.0) -> bytes:
       if not chunk:
         return b"".join(chunks)
       chunks.append(chunk)
+
+
+def trickle(server, pieces, every: float, give_up: float):
+  """Sends pieces `every` s apart, each gap well inside the per-read timeout, until the server
+  answers; returns (all it answers, seconds from connecting to its first byte), or (b"", the
+  seconds waited) if nothing came within give_up s."""
+  with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as s:
+    start, reply = time.monotonic(), b""
+    for piece in pieces:
+      s.sendall(piece)
+      s.settimeout(every)
+      try:
+        reply = s.recv(65536)
+        break
+      except TimeoutError:  # no answer yet: on with the next piece
+        if time.monotonic() - start > give_up:
+          return b"", time.monotonic() - start
+    else:
+      raise AssertionError("the pieces ran out before give_up: make them more")
+    took = time.monotonic() - start
+    s.settimeout(10)  # the answer ends in our EOF: the server shuts its side after it
+    while chunk := s.recv(65536):
+      reply += chunk
+  return reply, took
 
 
 def simplified(lines, scale):
@@ -328,6 +364,61 @@ def test_a_body_shorter_than_its_length_times_out_and_others_are_answered(server
   assert b"stopped after 9 of its 100 bytes" in reply
 
 
+@pytest.mark.parametrize("pieces", [
+    [bytes([c]) for c in b"GET /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"],
+    [b"GET /api/models HTTP/1.1\r\n"] + [b"X-Slow: %d\r\n" % i for i in range(40)]],
+    ids=["request_line_bytes", "header_lines"])
+def test_a_trickled_request_gets_a_408_at_its_deadline(server, pieces):
+  # A per-read timeout answers neither: every gap is 0.3 s, and the request never ends
+  # within give_up (and with 40 headers, would be answered 200 after 12 s).
+  reply, took = trickle(server, pieces, 0.3 * REQUEST_TIMEOUT, REQUEST_TIMEOUT + 3)
+  assert reply.startswith(b"HTTP/1.0 408"), (reply, took)
+  assert b"did not arrive within 1 s" in reply
+  assert REQUEST_TIMEOUT - 0.1 < took < REQUEST_TIMEOUT + 1
+
+
+def test_headers_and_body_share_one_deadline(patient_server):
+  # Headers end at 1.5 s, then a body byte every 0.5 s: a deadline counted afresh for the
+  # body would answer at 3.5 s; the request's own deadline, from connecting, at 2 s.
+  head = [b"POST /api/sample HTTP/1.1\r\n", b"Host: 127.0.0.1\r\n",
+          b"Content-Type: application/json\r\n", b"Content-Length: 100\r\n\r\n"]
+  reply, took = trickle(patient_server, head + [b"{"] + [b" "] * 20, 0.5, PATIENT_TIMEOUT + 3)
+  assert reply.startswith(b"HTTP/1.0 408"), (reply, took)
+  assert took < PATIENT_TIMEOUT + 0.7
+  assert b"of its 100 bytes" in reply and b"within 2 s" in reply
+
+
+def test_a_silent_connection_is_closed_without_an_answer(server):
+  # Nothing was asked (a browser's spare preconnection, say): nothing to answer 408 to.
+  with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as s:
+    start = time.monotonic()
+    assert s.recv(65536) == b""
+    assert time.monotonic() - start < REQUEST_TIMEOUT + 1
+
+
+def test_the_lingering_close_after_a_refused_body_is_capped_in_time(server):
+  # The body is refused unread (415), so the server reads and drops what the client still
+  # sends; a byte every 0.3 s stays inside the 1 s silence that ends it, and would keep it
+  # reading for 4 MiB of them, were it not for LINGER_SECONDS.
+  with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as s:
+    s.sendall(b"POST /api/sample HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+              b"Content-Length: 100000\r\n\r\n")
+    reply = b""
+    while chunk := s.recv(65536):  # the answer, then our EOF: the server shut its side
+      reply += chunk
+    assert reply.startswith(b"HTTP/1.0 415"), reply
+    start, closed = time.monotonic(), None
+    while time.monotonic() - start < serve.LINGER_SECONDS + 4:
+      try:
+        s.sendall(b"x")  # once the server has closed, the first is reset, the next fails
+      except OSError:
+        closed = time.monotonic() - start
+        break
+      time.sleep(0.3)
+  assert closed is not None, "the server was still reading after LINGER_SECONDS + 4 s"
+  assert closed < serve.LINGER_SECONDS + 1.5
+
+
 def test_an_oversized_body_is_refused_before_it_is_read(server):
   head = (b"POST /api/complete HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
           b"Content-Length: 300000\r\n\r\n")
@@ -479,3 +570,21 @@ def test_launcher_names_a_missing_workdir():
                         timeout=120)
   assert proc.returncode == 1
   assert "/nonexistent/run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("scale_factor", [1.0, 600.0])
+def test_any_scale_factor_serves_at_its_default_scale(service, scale_factor):
+  # The drawing scale's limits are multiples of each model's default: fixed limits
+  # [0.05, 20] refused the default itself below a scale factor of 1.31 or above 524.
+  cat = service.models["cat"]
+  odd = dataclasses.replace(cat, id="odd", facts=dataclasses.replace(cat.facts,
+                                                                     scale_factor=scale_factor))
+  odd_service = serving.Service({"odd": odd})
+  default = canvas.default_scale(scale_factor)
+  out = odd_service.sample({"count": 1, "seed": 1})  # no scale given: the default
+  assert out["scale"] == pytest.approx(default)
+  low, high = odd_service.describe()["models"][0]["scale_range"]
+  assert (low, high) == (pytest.approx(default / 16), pytest.approx(default * 16))
+  assert odd_service.sample({"count": 1, "seed": 1, "scale": high})["scale"] == high
+  with pytest.raises(canvas.RequestError, match="'scale' must be a number from"):
+    odd_service.sample({"count": 1, "seed": 1, "scale": high * 1.01})

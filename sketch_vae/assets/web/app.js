@@ -148,7 +148,7 @@
   }
 
   function scale() {
-    const [low, high] = state.config.limits.scale;
+    const [low, high] = model().scale_range;
     const s = model().default_scale * 2 ** Number($('scale').value);
     return Math.min(high, Math.max(low, s));
   }
@@ -383,7 +383,9 @@
         paths.push(`<path d="${d}" stroke="${color}"/>`);
       }
     }
-    const title = `sketch_vae ${p.kind}, model ${p.data.model}, temperature ${p.data.temperature}, seed ${p.data.seed}`;
+    // The model id is a folder name: it may hold characters XML reserves.
+    const title = `sketch_vae ${p.kind}, model ${p.data.model}, temperature ${p.data.temperature}, seed ${p.data.seed}`
+      .replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
     return [
       '<?xml version="1.0" encoding="UTF-8"?>',
       `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}">`,
