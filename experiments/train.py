@@ -85,7 +85,7 @@ def main(argv):
   from sketch_vae import parallel
   if FLAGS.num_processes > 1:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from sketch_vae import checkpoint, data, train
+  from sketch_vae import checkpoint, data, evaluation, train
   config = build_config()
   try:
     config_lib.check(config)
@@ -99,6 +99,13 @@ def main(argv):
       if saved.model != config.model:
         raise ValueError(f"{FLAGS.workdir} holds a run with a different model ({saved.model}); "
                          f"use another --workdir or the same flags")
+      recorded = os.path.join(FLAGS.workdir, "dataset.json")
+      if os.path.exists(recorded):  # the saved scale factor and N_max belong to those files
+        before = evaluation.training_data(FLAGS.workdir).split(",")
+        now = [os.path.abspath(p) for p in FLAGS.data.split(",") if p]
+        if sorted(before) != sorted(now):
+          raise ValueError(f"{FLAGS.workdir} holds a run trained on {','.join(before)}, not "
+                           f"{','.join(now)}; use another --workdir or the same --data")
       if saved.train.max_seq_len != config.train.max_seq_len:
         raise ValueError(f"{FLAGS.workdir} holds a run with max_seq_len "
                          f"{saved.train.max_seq_len}, not {config.train.max_seq_len}; use "

@@ -188,7 +188,9 @@ def iter_drawings(path: str) -> Iterator[Drawing | QuickDrawError]:
                          f"{type(items).__name__}")
   for i, item in enumerate(items):
     try:
-      yield parse_drawing(item, f"{path} item {i}")
+      # A list of drawings, or of whole Quick Draw records (the ndjson objects in an array).
+      parse = parse_record if isinstance(item, dict) else parse_drawing
+      yield parse(item, f"{path} item {i}")
     except QuickDrawError as e:
       yield e
 

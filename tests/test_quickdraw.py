@@ -309,3 +309,17 @@ def test_write_npz_object_arrays(tmp_path):
   back = data.read_npz(path)
   assert [len(back[s]) for s in data.SPLITS] == [3, 1, 0]
   assert not list(tmp_path.glob("sub/*.part"))
+
+
+def test_json_list_of_records_reads_like_ndjson(tmp_path):
+  # An array of the ndjson objects (a common export): key_id and recognized are read too.
+  lines = pathlib.Path(CAT).read_text().splitlines()[:6]
+  records = [json.loads(l) for l in lines]
+  records.append(dict(records[0]))  # the same key_id again: a duplicate
+  listed = tmp_path / "cat_records.json"
+  listed.write_text(json.dumps(records))
+  from_ndjson, _ = quickdraw_dataset.convert(CAT, max_drawings=6, valid=0, test=0, seed=3)
+  from_list, report = quickdraw_dataset.convert(str(listed), valid=0, test=0, seed=3)
+  assert (report.read, report.kept, report.dropped) == (7, 6, {"duplicate": 1})
+  for a, b in zip(from_ndjson["train"], from_list["train"]):
+    np.testing.assert_array_equal(a, b)

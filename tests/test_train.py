@@ -231,6 +231,25 @@ def test_launcher_bad_settings_are_one_line_errors(tmp_path, flag, match):
   assert not (tmp_path / "run" / "data_facts.json").exists()
 
 
+def test_resuming_on_other_data_is_refused(tmp_path):
+  # The saved scale factor and N_max belong to the data the run was trained on.
+  other = tmp_path / "other.npz"
+  other.write_bytes(pathlib.Path(SHEEP).read_bytes())
+  def train_on(path, steps):
+    return subprocess.run([sys.executable, "-m", "experiments.train", f"--data={path}",
+                           f"--workdir={tmp_path / 'run'}", "--preset=small",
+                           f"--num_steps={steps}", "--save_every=1", "--eval_every=100",
+                           "--batch_size=8", "--enc_rnn_size=8", "--dec_rnn_size=8",
+                           "--z_size=4", "--num_mixture=2", "--max_seq_len=60"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert train_on(SHEEP, 1).returncode == 0
+  refused = train_on(other, 2)
+  assert refused.returncode == 1 and "Traceback" not in refused.stderr
+  assert f"holds a run trained on {SHEEP}, not {other}" in refused.stderr
+  resumed = train_on(SHEEP, 2)
+  assert resumed.returncode == 0 and "resuming from step 1" in resumed.stdout
+
+
 def test_launcher_writes_all_artefacts_and_loss_falls(tmp_path):
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "experiments.train", f"--data={SHEEP}", f"--workdir={workdir}",
