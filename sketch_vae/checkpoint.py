@@ -16,6 +16,7 @@ read.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from typing import Any, Optional
@@ -69,6 +70,18 @@ def load_run_files(workdir: str) -> tuple[Config, DataFacts]:
   return config, facts
 
 
+class _QuietReadOnly(logging.Filter):
+  """Drops Orbax's warning that a reader's directory is read only: readers (evaluate, the
+  samplers, another host) open it so on purpose, and the warning printed before every
+  launcher's output."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_QuietReadOnly())
+
+
 def _manager(directory: str, max_to_keep: int, writer: bool) -> ocp.CheckpointManager:
   index = jax.process_index()
   if writer:
@@ -76,6 +89,7 @@ def _manager(directory: str, max_to_keep: int, writer: bool) -> ocp.CheckpointMa
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep if writer else None, create=False, cleanup_tmp_directories=writer,
       enable_async_checkpointing=False, read_only=not writer,
+      save_interval_steps=1 if writer else 0,  # Orbax warns unless a reader says 0
       multiprocessing_options=ocp.options.MultiprocessingOptions(
           primary_host=index, active_processes={index}))
   return ocp.CheckpointManager(directory, options=options)
