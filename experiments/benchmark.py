@@ -64,8 +64,8 @@ def main(argv):
                 jax=jax.__version__, machine=platform.processor() or platform.machine(),
                 glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
   if result["platform"] == "cpu":  # a failed kernel build falls back to XLA: say so
-    from sketch_vae import fused_lstm
-    status = fused_lstm.kernel_status()
+    from sketch_vae import native
+    status = native.kernel_status()
     result.update(cpu_kernels=status["loaded"], cpu_kernels_reason=status["reason"][-200:])
   if FLAGS.json:
     print(json.dumps(result))

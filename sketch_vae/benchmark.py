@@ -102,10 +102,10 @@ def encoder_skipped_gflop(config: config_lib.Config, batch: dict) -> float:
   products (forward and backward) only the fraction sum(lengths) / (B * T) runs,
   up to the rounding of rows to the micro-kernel's block. 0 where nothing is skipped
   (other encoder cells, kernels off, or not on CPU)."""
-  from sketch_vae import fused_lstm, rnn  # late: fused_lstm compiles C++ on first use
+  from sketch_vae import native, rnn  # late: the kernels are built on first use
   spec = config.model
   if not (spec.enc_model == "lstm" and spec.fused_lstm and jax.default_backend() == "cpu"
-          and fused_lstm.cpu_kernels_available()):
+          and native.cpu_kernels_available()):
     return 0.0
   params = model.init(spec, jax.random.key(0))["encoder"]["rnn"]
   xs = jnp.swapaxes(jnp.asarray(batch["strokes"])[:, 1:], 0, 1)

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sketch_vae import keys as keys_lib
+from sketch_vae import fused_lstm, native
+from sketch_vae.precision import dot
 
 Params = dict
 
@@ -88,41 +90,6 @@ def orthogonal_gate_blocks(key, rows, hidden, blocks=4):
 # Shared pieces.
 
 
-def dot(x, w, matmul_dtype=None):
-  """x @ w with optional low-precision operands and float32 accumulation.
-
-  With low-precision operands the backward products use them too (the output
-  gradient is rounded to the same dtype, as in mixed-precision training);
-  plain autodiff would promote the float32 cotangent and run both gradient
-  products in float32 (measured: 9% of a bfloat16 config-A step on 2 cores).
-  """
-  if matmul_dtype is not None and jnp.dtype(matmul_dtype) != jnp.float32:
-    return _low_precision_dot(x, w, jnp.dtype(matmul_dtype))
-  return jnp.dot(x, w)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _low_precision_dot(x, w, dtype):
-  return jnp.dot(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
-
-
-def _low_precision_dot_fwd(x, w, dtype):
-  x_lp, w_lp = x.astype(dtype), w.astype(dtype)
-  out = jnp.dot(x_lp, w_lp, preferred_element_type=jnp.float32)
-  # Zero-size arrays carry the primals' dtypes to the backward pass.
-  return out, (x_lp, w_lp, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
-
-
-def _low_precision_dot_bwd(dtype, residuals, g):
-  x_lp, w_lp, x_kind, w_kind = residuals
-  g_lp = g.astype(dtype)
-  dx = jnp.dot(g_lp, w_lp.T, preferred_element_type=jnp.float32)
-  lead = tuple(range(x_lp.ndim - 1))
-  dw = jnp.tensordot(x_lp, g_lp, axes=(lead, lead), preferred_element_type=jnp.float32)
-  return dx.astype(x_kind.dtype), dw.astype(w_kind.dtype)
-
-
-_low_precision_dot.defvjp(_low_precision_dot_fwd, _low_precision_dot_bwd)
 
 
 def layer_norm(x, gain, shift, epsilon=1e-3):
@@ -187,8 +154,8 @@ def _gate_columns(s_4xRxH):
 def _ln_update(cpu_kernels: bool):
   """fused_ln.update where the CPU kernels build (it picks XLA off CPU), else the jnp one."""
   if cpu_kernels:
-    from sketch_vae import fused_ln, fused_lstm  # late: compiles C++ on first use
-    if fused_lstm.cpu_kernels_available():
+    from sketch_vae import fused_ln  # late: it imports this module
+    if native.cpu_kernels_available():  # builds the C++ kernels on first call
       return fused_ln.update
   return ln_lstm_update
 
@@ -245,7 +212,6 @@ def lstm(hidden_size: int, *, forget_bias: float = 1.0, dropout_keep: float = 0.
 
   scan = None
   if fused:
-    from sketch_vae import fused_lstm  # late: it compiles C++ on first use
     scan = functools.partial(fused_lstm.scan, keep=dropout_keep, forget_bias=forget_bias,
                              matmul_dtype=matmul_dtype, use_kernels=cpu_kernels)
   return Cell("lstm", H, init, _zeros_carry(H), _compose_step(input_kernel, step_projected, matmul_dtype),

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sketch_vae import cells as cells_lib
-from sketch_vae import fused_lstm
+from sketch_vae import fused_lstm, native
 
 
 def _dropout_bits(dropout_key, rows_shape):
@@ -111,7 +111,7 @@ def update(xh, hh, scaling, bias, gain, shift, c_gain, c_shift, c_prev, dropout_
   Rows are flattened for the kernel; `scaling` is None or (sx, sh, beta), each
   gate-major [4, *rows, H] (see `cells.ln_lstm_update`).
   """
-  if not fused_lstm.cpu_kernels_available():  # builds and registers the kernels on first use
+  if not native.cpu_kernels_available():  # builds and registers the kernels on first use
     return cells_lib.ln_lstm_update(xh, hh, scaling, bias, gain, shift, c_gain, c_shift, c_prev,
                                     dropout_key, keep=keep, forget_bias=forget_bias)
   rows_shape, H = c_prev.shape[:-1], c_prev.shape[-1]

@@ -18,7 +18,7 @@ import numpy as np
 
 from sketch_vae import cells as cells_lib
 from sketch_vae import keys as keys_lib
-from sketch_vae import mdn
+from sketch_vae import mdn, precision
 from sketch_vae import rnn
 
 
@@ -182,7 +182,7 @@ def decode(spec: ModelSpec, params, z_BxZ, inputs_BxNx5, *, carry=None, dropout_
   hs_BxNxH = jnp.swapaxes(hs_NxBxH, 0, 1)
   if spec.use_output_dropout and k_out is not None:
     hs_BxNxH = _dropout(hs_BxNxH, k_out, spec.output_dropout_prob)
-  return cells_lib.dot(hs_BxNxH, dec["out_w"], spec.dtype) + dec["out_b"], carry
+  return precision.dot(hs_BxNxH, dec["out_w"], spec.dtype) + dec["out_b"], carry
 
 
 class Forward(NamedTuple):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sketch_vae import fused_lstm
+from sketch_vae import native
 
 
 def _parts() -> int:
@@ -29,7 +29,7 @@ def _parts() -> int:
 def usable(matmul_dtype, use_kernels: bool = True) -> bool:
   """float32 or bfloat16 operands, kernels built."""
   dtype_ok = matmul_dtype is None or jnp.dtype(matmul_dtype) in (jnp.float32, jnp.bfloat16)
-  return use_kernels and dtype_ok and fused_lstm.cpu_kernels_available()
+  return use_kernels and dtype_ok and native.cpu_kernels_available()
 
 
 def _bf16(matmul_dtype) -> bool:
@@ -38,11 +38,11 @@ def _bf16(matmul_dtype) -> bool:
 
 def pack(w_KxN, matmul_dtype=None):
   """-> uint8 [bytes]: w in the kernels' layout (rounded to bfloat16 for bfloat16)."""
-  if not fused_lstm.cpu_kernels_available():
-    raise RuntimeError(f"packed products need the CPU kernels: {fused_lstm.kernel_status()['reason']}")
+  if not native.cpu_kernels_available():
+    raise RuntimeError(f"packed products need the CPU kernels: {native.kernel_status()['reason']}")
   K, N = w_KxN.shape[-2:]
   parts, bf16 = _parts(), _bf16(matmul_dtype)
-  nbytes = int(fused_lstm._LIB[0].SketchVaePackedBytes(K, N, bf16, parts))
+  nbytes = int(native.library().SketchVaePackedBytes(K, N, bf16, parts))
   # Under vmap the kernels take the batch as groups (one weight each); an
   # unbatched operand arrives with a batch axis of 1 and is shared.
   return jax.ffi.ffi_call("sketch_vae_pack_b", jax.ShapeDtypeStruct((nbytes,), jnp.uint8),

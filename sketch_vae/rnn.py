@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from sketch_vae import cells as cells_lib
 from sketch_vae import keys as keys_lib
+from sketch_vae import precision
 from sketch_vae import split_scan
 
 
@@ -41,7 +42,7 @@ def unroll(cell: cells_lib.Cell, params, carry, xs_TxBxI, *, static_BxJ=None,
   w_x, b = cell.input_kernel(params)
   xp_static = b
   if static_BxJ is not None:
-    xp_static = cells_lib.dot(static_BxJ, w_x[I:], matmul_dtype) + b
+    xp_static = precision.dot(static_BxJ, w_x[I:], matmul_dtype) + b
   if mask_TxB is None:
     mask_TxB = jnp.ones(xs_TxBxI.shape[:2], bool)
   if cell.scan is not None and not remat:
@@ -49,7 +50,7 @@ def unroll(cell: cells_lib.Cell, params, carry, xs_TxBxI, *, static_BxJ=None,
   if cell.step_split is not None and not remat:
     return split_scan.scan(cell, params, carry, xs_TxBxI, xp_static, mask_TxB, dropout_key,
                            matmul_dtype=matmul_dtype)
-  xp_TxBxP = cells_lib.dot(xs_TxBxI, w_x[:I], matmul_dtype)
+  xp_TxBxP = precision.dot(xs_TxBxI, w_x[:I], matmul_dtype)
 
   def body(carry, inputs):
     t, xp_BxP, mask_B = inputs

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from sketch_vae import keys as keys_lib
 from sketch_vae import packed
-from sketch_vae.cells import dot as _dot
+from sketch_vae.precision import dot as _dot
 
 CHUNK = 25  # time steps per weight-gradient matmul after the reverse scan
 

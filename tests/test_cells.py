@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sketch_vae import cells, rnn
+from sketch_vae import cells, precision, rnn
 
 B, I, H = 3, 7, 8
 K, E = 6, 4  # hyper units, hyper embedding
@@ -249,13 +249,13 @@ def test_unknown_cell_name_is_clear():
 
 
 def test_bfloat16_dot_gradients_use_bfloat16_products():
-  """cells.dot with bfloat16 operands: gradients close to float32, and every
+  """precision.dot with bfloat16 operands: gradients close to float32, and every
   product of the backward pass takes bfloat16 operands (not promoted to float32)."""
   kx, kw, kg = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, (3, 7, 16))
   w = jax.random.normal(kw, (16, 5))
   g = jax.random.normal(kg, (3, 7, 5))
-  f = lambda x, w, dt: jnp.sum(cells.dot(x, w, dt) * g)
+  f = lambda x, w, dt: jnp.sum(precision.dot(x, w, dt) * g)
   dx, dw = jax.grad(f, argnums=(0, 1))(x, w, jnp.bfloat16)
   rx, rw = jax.grad(f, argnums=(0, 1))(x, w, None)
   assert dx.dtype == jnp.float32 and dw.dtype == jnp.float32

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import assert_same_outputs_and_grads
 
-from sketch_vae import cells, fused_ln, fused_lstm, rnn
+from sketch_vae import cells, fused_ln, native, rnn
 
 H = 24
 G = 4 * H
@@ -38,7 +38,7 @@ def _run(fn, inp, key):
 
 
 def test_kernels_registered():
-  assert fused_lstm.cpu_kernels_available(), fused_lstm.kernel_status()
+  assert native.cpu_kernels_available(), native.kernel_status()
   assert cells._ln_update(True) is fused_ln.update
   assert cells._ln_update(False) is cells.ln_lstm_update
 
@@ -121,7 +121,7 @@ def test_cells_unroll_the_same_with_and_without_the_kernel(name):
 
 def test_update_works_as_the_first_kernel_call_of_a_process():
   # fused_ln.update builds and registers the kernels itself (it used to rely on a
-  # cell having called fused_lstm.cpu_kernels_available() first).
+  # cell having called native.cpu_kernels_available() first).
   code = """
 import jax.numpy as jnp, numpy as np
 from sketch_vae import cells, fused_ln

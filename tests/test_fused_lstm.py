@@ -5,27 +5,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sketch_vae import cells, fused_lstm, rnn
+from sketch_vae import cells, fused_lstm, native, rnn
 
 B, T, I, H = 5, 7, 6, 8
 
 
 def test_cpu_kernels_build_here():
   # The CI machine and this one have g++: the fast path must really be in use.
-  assert fused_lstm.cpu_kernels_available(), fused_lstm.kernel_status()
+  assert native.cpu_kernels_available(), native.kernel_status()
 
 
 def test_kernel_cache_key_follows_flags_and_sources(monkeypatch, tmp_path):
   # A library built with other flags or from other sources is not picked up again.
-  key = fused_lstm._cache_key()
-  assert fused_lstm._cache_key() == key
-  monkeypatch.setattr(fused_lstm, "_FLAGS", fused_lstm._FLAGS + ("-g",))
-  assert fused_lstm._cache_key() != key
+  key = native._cache_key()
+  assert native._cache_key() == key
+  monkeypatch.setattr(native, "_FLAGS", native._FLAGS + ("-g",))
+  assert native._cache_key() != key
   monkeypatch.undo()
   header = tmp_path / "extra.h"
   header.write_text("// another source\n")
-  monkeypatch.setattr(fused_lstm, "_HEADERS", fused_lstm._HEADERS + (header,))
-  assert fused_lstm._cache_key() != key
+  monkeypatch.setattr(native, "_HEADERS", native._HEADERS + (header,))
+  assert native._cache_key() != key
 
 
 def _setup():
@@ -77,7 +77,7 @@ def test_held_rows_keep_their_carry_and_pass_gradients_through():
 def test_ffi_kernels_equal_jnp_equations(dropout):
   """Elementwise kernels alone, on wide-ranging inputs (gates up to +-40, and rows of +-120:
   past every clamp of the kernels' exp, sigmoid and tanh)."""
-  assert fused_lstm.cpu_kernels_available()
+  assert native.cpu_kernels_available()
   k = jax.random.split(jax.random.key(0), 8)
   R, Hk = 12, 40
   gates = 8.0 * jax.random.normal(k[0], (R, 4 * Hk))
@@ -200,10 +200,10 @@ def test_sequence_kernel_skips_the_input_gradient_for_data(monkeypatch):
 def test_bfloat16_products_use_amx_where_the_cpu_has_it():
   # On CPUs with AMX-BF16 (this project's machine kind) the bfloat16 sequence
   # kernel runs on tiles, so the bfloat16 cases above test that path.
-  assert fused_lstm.cpu_kernels_available()
+  assert native.cpu_kernels_available()
   with open("/proc/cpuinfo") as f:
     has_amx = " amx_bf16 " in f.read().replace("\n", " ")
-  assert fused_lstm.kernel_status()["amx_bf16"] == has_amx
+  assert native.kernel_status()["amx_bf16"] == has_amx
 
 
 def test_sequence_kernel_workers_flush_denormals_as_xla_does():
@@ -212,7 +212,7 @@ def test_sequence_kernel_workers_flush_denormals_as_xla_does():
   kernel's worker threads must run in the same mode, not in the default one of a fresh
   process. A cell state of 3e-39 (denormal) carried by a closed input gate and an open forget
   gate stays 3e-39 in IEEE arithmetic (NumPy here) and becomes 0 when flushed."""
-  assert fused_lstm.cpu_kernels_available()
+  assert native.cpu_kernels_available()
   tiny = np.float32(3e-39)
   assert tiny * np.float32(1.0) + np.float32(0.0) == tiny  # NumPy: IEEE, no flush
   xla_flushes = float(jax.jit(lambda a: a * 0.5)(jnp.float32(2e-38))) == 0.0
