@@ -39,8 +39,13 @@ def reconstruction(mix: mdn.Mixture, targets_BxNx5, lengths_B, weights_B=None) -
   if weights_B is None:
     weights_B = jnp.ones((B,), jnp.float32)
   inside_BxN = (jnp.arange(N)[None, :] < lengths_B[:, None]).astype(jnp.float32)
-  loglik_BxN = mdn.offset_log_likelihood(mix, targets_BxNx5[..., 0], targets_BxNx5[..., 1])
-  # where(), not multiply: a masked step must not leak a NaN/inf from padding.
+  # A masked step must not leak a NaN/inf from padding, in the value or the gradient:
+  # the padded targets are zeroed before the likelihood (a where() on the likelihood
+  # alone would still send 0 * NaN back through its unselected branch), then the
+  # masked steps' terms are selected away rather than multiplied by 0.
+  dx_BxN = jnp.where(inside_BxN > 0, targets_BxNx5[..., 0], 0.0)
+  dy_BxN = jnp.where(inside_BxN > 0, targets_BxNx5[..., 1], 0.0)
+  loglik_BxN = mdn.offset_log_likelihood(mix, dx_BxN, dy_BxN)
   offset_B = -jnp.sum(jnp.where(inside_BxN > 0, loglik_BxN, 0.0), axis=1) / N
   pen_ce_BxN = -jnp.sum(targets_BxNx5[..., 2:5] * mix.log_pen, axis=-1)
   pen_B = jnp.sum(pen_ce_BxN, axis=1) / N

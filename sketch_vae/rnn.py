@@ -83,6 +83,9 @@ def bidirectional_final(cell: cells_lib.Cell, params_2, xs_TxBxI, lengths_B, *,
   """
   T, B = xs_TxBxI.shape[:2]
   mask_TxB = length_mask(lengths_B, T)
+  # Padded steps read zeros: their states are held, but the hoisted input product's
+  # weight gradient would still take 0 * x there, a NaN if padding held one.
+  xs_TxBxI = jnp.where(mask_TxB[..., None], xs_TxBxI, 0.0)
   xs_2xTxBxI = jnp.stack([xs_TxBxI, xs_TxBxI[::-1]])
   mask_2xTxB = jnp.stack([mask_TxB, mask_TxB[::-1]])
   carry_2 = cell.initial_carry((2, B))

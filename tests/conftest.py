@@ -17,6 +17,17 @@ def repo_root() -> pathlib.Path:
   return REPO
 
 
+# float64 NumPy restatements shared by the cell tests (rnn.py of the original).
+def sig(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def np_ln(x, gain, shift, eps=1e-3):
+  m = x.mean(-1, keepdims=True)
+  v = ((x - m) ** 2).mean(-1, keepdims=True)
+  return (x - m) / np.sqrt(v + eps) * gain + shift
+
+
 def write_lines(path, lines):
   """Writes text lines (a tiny .ndjson) and returns the path as a string."""
   path.write_text("".join(line + "\n" for line in lines))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from sketch_vae import cells, precision, rnn
+from conftest import np_ln, sig
 
 B, I, H = 3, 7, 8
 K, E = 6, 4  # hyper units, hyper embedding
@@ -32,16 +33,6 @@ def random_carry(cell, key, batch=(B,)):
 
 # ----------------------------------------------------------------------------
 # float64 NumPy restatements of the equations (rnn.py of the original).
-
-def sig(x):
-  return 1.0 / (1.0 + np.exp(-x))
-
-
-def np_ln(x, gain, shift, eps=1e-3):
-  m = x.mean(-1, keepdims=True)
-  v = ((x - m) ** 2).mean(-1, keepdims=True)
-  return (x - m) / np.sqrt(v + eps) * gain + shift
-
 
 def np_ln_gates(g, gain, shift):
   blocks = [np_ln(g[:, k * (g.shape[1] // 4):(k + 1) * (g.shape[1] // 4)], 1.0, 0.0) for k in range(4)]
