@@ -88,7 +88,8 @@ def download(url: str, dest: str, progress: bool = True, timeout: float = 60.0) 
         total = response.headers.get("Content-Length")
         total = int(total) if total and total.isdigit() else None
         of_total = f" of {total}" if total is not None else ""
-        _say(progress, f"downloading {url} ({total if total is not None else '? '} bytes)")
+        size = f"{total} bytes" if total is not None else "size unknown"
+        _say(progress, f"downloading {url} ({size})")
         done, reported = 0, 0
         while True:
           try:

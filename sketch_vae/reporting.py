@@ -27,7 +27,12 @@ class Reporter:
     os.makedirs(workdir, exist_ok=True)
     self._truncate_after(resume_step)
     from tensorboardX import SummaryWriter  # imported late: only the writer needs it
-    self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_step or None)
+    # TensorBoard purges events at steps >= purge_step; the checkpoint's own step stays, as in
+    # metrics.jsonl. Event files are named by the second: the suffix keeps a writer reopened
+    # within the same second from replacing the last one's file.
+    self.tb = SummaryWriter(os.path.join(workdir, "tb"),
+                            purge_step=resume_step + 1 if resume_step else None,
+                            filename_suffix=f".{os.getpid()}.{time.time_ns()}")
 
   def _truncate_after(self, step: int) -> None:
     """A resumed run re-does the steps after its checkpoint: drop their old lines."""

@@ -15,6 +15,18 @@ def test_cpu_kernels_build_here():
   assert native.cpu_kernels_available(), native.kernel_status()
 
 
+def test_every_kernel_source_is_packaged(repo_root):
+  # A wheel or a non-editable install holds only the package-data globs; a header left out
+  # would make g++ fail there and every run fall back to XLA.
+  import tomllib
+  globs = tomllib.loads((repo_root / "pyproject.toml").read_text())["tool"]["setuptools"][
+      "package-data"]["sketch_vae"]
+  package = repo_root / "sketch_vae"
+  packaged = {f for g in globs for f in package.glob(g)}
+  needed = set(native._SOURCES) | set(native._HEADERS)
+  assert needed <= packaged, sorted(str(f) for f in needed - packaged)
+
+
 def test_kernel_cache_key_follows_flags_and_sources(monkeypatch, tmp_path):
   # A library built with other flags or from other sources is not picked up again.
   key = native._cache_key()
