@@ -1,6 +1,8 @@
 """Test setup: 4 fake CPU devices (set before JAX is imported) and shared fixtures."""
 import os
 import pathlib
+import subprocess
+import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -15,6 +17,15 @@ BUNDLED = REPO / "sketch_vae" / "assets" / "data"
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
   return REPO
+
+
+def run_python(code: str, timeout: int = 120) -> str:
+  """Runs a Python snippet in a fresh process in the repo (a launcher's absl flags, or a
+  library function patched before it runs); asserts it succeeded and returns its stdout."""
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=timeout)
+  assert out.returncode == 0, out.stderr[-2000:]
+  return out.stdout
 
 
 # float64 NumPy restatements shared by the cell tests (rnn.py of the original).

@@ -2,11 +2,9 @@
 reporting, heap, download, serving, the launchers' helpers) that a mutation audit showed no
 test pinned. Each test names what it guards; references are hand-computed values, the
 documented presets, or the jnp equations the kernels must equal."""
-import dataclasses
 import io
 import json
 import os
-import subprocess
 import sys
 import types
 
@@ -15,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import run_python
 from experiments import hugepages
 from sketch_vae import (benchmark, canvas, cells, config as config_lib, data, download, flops,
                         fused_ln, heap, keys, model, reporting, rnn, serving)
@@ -280,10 +278,7 @@ def test_train_launcher_flags_override_the_preset_and_nothing_else():
   code = ("from absl import flags\nfrom experiments import train\n"
           "flags.FLAGS(['train', '--preset=small', '--z_size=7'])\n"
           "print(train.build_config().to_json())")
-  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
-  assert out.returncode == 0, out.stderr[-2000:]
-  cfg = json.loads(out.stdout)
+  cfg = json.loads(run_python(code))
   assert cfg["model"]["z_size"] == 7
   # The rest is the preset's, not the flags' defaults (the original's values).
   assert cfg["model"]["dec_rnn_size"] == 128 and cfg["train"]["batch_size"] == 50

@@ -5,7 +5,6 @@ called directly), on the tiny models test_sample.py trains once per session.
 """
 import http.client
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ import pytest
 
 from sketch_vae import checkpoint, data, evaluation, sample
 from sketch_vae import strokes as strokes_lib
-from conftest import BUNDLED, REPO
+from conftest import BUNDLED, REPO, run_python
 from test_sample import run, workdirs  # noqa: F401  (the session's tiny trained models)
 
 from experiments import analogy, common, interpolate, reconstruct, serve
@@ -316,11 +315,9 @@ def test_export_js_passes_clip_to_the_library(clip):
           "from experiments import export_js\n"
           f"sys.argv = ['export_js', '--workdir=w', '--output=o.json', '--clip={clip}']\n"
           "app.run(export_js.main)\n")
-  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert f"options [('checkpoint', 'best'), ('clip', {clip}), ('name', None)]" in out.stdout
-  assert out.stdout.rstrip().endswith("; clipped 2 weight(s)" if clip else "{}")
+  stdout = run_python(code)
+  assert f"options [('checkpoint', 'best'), ('clip', {clip}), ('name', None)]" in stdout
+  assert stdout.rstrip().endswith("; clipped 2 weight(s)" if clip else "{}")
 
 
 def test_paper_table_step_is_the_scored_checkpoint_not_the_last_trained():

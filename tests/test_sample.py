@@ -20,7 +20,7 @@ from PIL import Image
 from sketch_vae import checkpoint, config as config_lib, data, mdn, model, sample, train
 from sketch_vae import render_grid
 from sketch_vae import strokes as strokes_lib
-from conftest import BUNDLED, REPO
+from conftest import BUNDLED, REPO, run_python
 
 from experiments import analogy, complete, interpolate, reconstruct
 from experiments import sample as sample_launcher
@@ -473,16 +473,13 @@ def test_bad_input_exits_1_without_traceback(workdirs, tmp_path):
 
 def test_bundled_model_works_as_workdir(tmp_path):
   """--workdir=bundled:cat imports the bundled browser model once (into a cache) and samples."""
-  from conftest import REPO
   cache, out = tmp_path / "cache", tmp_path / "out"
   code = ("import sys; from sketch_vae import pretrained; real = pretrained.ensure_workdir;"
           f"pretrained.ensure_workdir = lambda n: real(n, cache_dir={str(cache)!r});"
           "from absl import app; from experiments import sample;"
           f"sys.argv = ['sample', '--workdir=bundled:cat', '--output_dir={out}', '--num=2',"
           "'--temperatures=0.2', '--cell=64']; app.run(sample.main)")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
+  run_python(code, timeout=300)
   with Image.open(out / "sample.png") as im:
     assert im.size[1] == 64
   assert len(list(cache.iterdir())) == 1  # imported once into the cache
